@@ -1,0 +1,193 @@
+// Package config loads and validates a node's YAML configuration and the CSV
+// point tables it names. Loading is strict: unknown keys are errors, and every
+// error carries file:line and the field, all of them reported at once.
+package config
+
+import (
+	"time"
+
+	"github.com/voltage-ems/voltage/messages"
+)
+
+// Config is one node's configuration (the file given to `voltage run -c`).
+type Config struct {
+	File         string        `yaml:"-"` // path the config was loaded from
+	Node         Node          `yaml:"node"`
+	Redis        Redis         `yaml:"redis"`
+	InfluxDB     InfluxDB      `yaml:"influxdb"`
+	Auth         Auth          `yaml:"auth"`
+	Channels     []Channel     `yaml:"channels"`
+	Computations []Computation `yaml:"computations"`
+	Alarms       []Alarm       `yaml:"alarms"`
+}
+
+// Node names the node and where it serves HTTP and keeps data.
+type Node struct {
+	Name    string `yaml:"name"`     // default: the host name
+	HTTP    string `yaml:"http"`     // listen address, default 127.0.0.1:8080
+	DataDir string `yaml:"data_dir"` // default "data", relative to the YAML file
+}
+
+// Redis says which Redis to use; an empty URL starts an embedded server.
+type Redis struct {
+	URL string `yaml:"url"`
+}
+
+// InfluxDB configures history; an empty URL keeps history in data_dir.
+type InfluxDB struct {
+	URL           string        `yaml:"url"`
+	Token         string        `yaml:"token"`
+	Org           string        `yaml:"org"`
+	Bucket        string        `yaml:"bucket"`         // default "ems/autogen"
+	Measurement   string        `yaml:"measurement"`    // default "point"
+	BatchSize     int           `yaml:"batch_size"`     // default 5000
+	FlushInterval time.Duration `yaml:"flush_interval"` // default 1s
+}
+
+// Auth lists the API tokens.
+type Auth struct {
+	Tokens []Token `yaml:"tokens"`
+}
+
+// Token is one bearer token with its role. Token values may be written as
+// ${ENV_VAR} and are expanded at load time.
+type Token struct {
+	Name  string `yaml:"name"`
+	Token string `yaml:"token"`
+	Role  string `yaml:"role"` // viewer | operator | admin
+}
+
+// Protocols of a channel.
+const (
+	ProtocolModbusTCP = "modbus_tcp"
+	ProtocolModbusRTU = "modbus_rtu"
+	ProtocolVirtual   = "virtual"
+	ProtocolCompute   = "compute"
+)
+
+// Channel is one connection to field devices (or a virtual or compute channel).
+type Channel struct {
+	ID           uint32        `yaml:"id"`
+	Name         string        `yaml:"name"`
+	Protocol     string        `yaml:"protocol"`
+	Parameters   Parameters    `yaml:"parameters"`
+	PollInterval time.Duration `yaml:"poll_interval"` // default 1s
+	PointsFile   string        `yaml:"points"`        // CSV, relative to the YAML file
+	Points       []Point       `yaml:"-"`             // loaded from PointsFile, in file order
+	Line         int           `yaml:"-"`             // line of the channel in the YAML file
+}
+
+// Parameters are the protocol parameters of a channel. Which ones apply
+// depends on the protocol; the loader rejects ones that do not.
+type Parameters struct {
+	// modbus_tcp
+	Host string `yaml:"host"`
+	Port int    `yaml:"port"`
+	// modbus_rtu
+	Device   string `yaml:"device"`
+	BaudRate int    `yaml:"baud_rate"` // default 9600
+	DataBits int    `yaml:"data_bits"` // default 8
+	Parity   string `yaml:"parity"`    // N | E | O, default N
+	StopBits int    `yaml:"stop_bits"` // default 1
+	// modbus
+	Timeout time.Duration `yaml:"timeout"` // per request, default 1s
+	// MaxGap is the largest run of unused registers (or bits) that a grouped
+	// read may span to save a request; default 16 registers.
+	MaxGap *int `yaml:"max_gap"`
+}
+
+// DataType is the register encoding of a Modbus point.
+type DataType string
+
+// Data types of the contract.
+const (
+	Bool    DataType = "bool"
+	Uint16  DataType = "uint16"
+	Int16   DataType = "int16"
+	Uint32  DataType = "uint32"
+	Int32   DataType = "int32"
+	Float32 DataType = "float32"
+	Uint64  DataType = "uint64"
+	Int64   DataType = "int64"
+	Float64 DataType = "float64"
+)
+
+// Registers returns how many 16-bit registers the type occupies (bool: 1).
+func (d DataType) Registers() int {
+	switch d {
+	case Uint32, Int32, Float32:
+		return 2
+	case Uint64, Int64, Float64:
+		return 4
+	}
+	return 1
+}
+
+// ByteOrder is the order of bytes of a 32- or 64-bit value, written as the
+// letters of the big-endian bytes in the order they appear on the wire.
+type ByteOrder string
+
+// Byte orders of the contract.
+const (
+	ABCD ByteOrder = "ABCD" // big-endian
+	DCBA ByteOrder = "DCBA" // little-endian
+	BADC ByteOrder = "BADC" // bytes swapped within each word
+	CDAB ByteOrder = "CDAB" // words swapped
+)
+
+// Point is one row of a channel's point table.
+type Point struct {
+	ID   uint32
+	Type messages.PointType
+	Name string
+	Unit string
+
+	// Modbus columns.
+	SlaveID      uint8
+	FunctionCode uint8 // 1, 2, 3, 4 for reads; 5, 6, 15, 16 for writes
+	Address      uint16
+	DataType     DataType
+	ByteOrder    ByteOrder
+	BitPosition  int // 0..15, or -1 when unset
+	Scale        float64
+	Offset       float64
+	Deadband     float64
+	Reverse      bool
+	// Min and Max bound setpoints of adjustment points (optional columns);
+	// for virtual points they are the signal range.
+	Min, Max *float64
+
+	// Virtual columns.
+	Signal string        // sine | ramp | random_walk | square | constant
+	Period time.Duration // default 60s
+
+	Line int // line of the row in the CSV file
+}
+
+// Key returns the point's address within channel ch.
+func (p *Point) Key(ch uint32) messages.PointKey {
+	return messages.PointKey{Channel: ch, Type: p.Type, Point: p.ID}
+}
+
+// Computation derives a point of a compute channel from other points.
+type Computation struct {
+	Output     string   `yaml:"output"`
+	Name       string   `yaml:"name"`
+	Expression string   `yaml:"expression"`
+	Inputs     []string `yaml:"inputs"`
+	Line       int      `yaml:"-"`
+}
+
+// Alarm is one alarm rule.
+type Alarm struct {
+	ID        string        `yaml:"id"`
+	Point     string        `yaml:"point"`
+	Condition string        `yaml:"condition"`
+	Threshold float64       `yaml:"threshold"`
+	Deadband  float64       `yaml:"deadband"`
+	OnDelay   time.Duration `yaml:"on_delay"`
+	OffDelay  time.Duration `yaml:"off_delay"`
+	Level     string        `yaml:"level"`
+	Message   string        `yaml:"message"`
+	Line      int           `yaml:"-"`
+}
