@@ -174,3 +174,16 @@ func (u *PointUpdate) AppendJSON(b []byte) []byte {
 type PointUpdates struct {
 	Updates []PointUpdate
 }
+
+// GetPoint asks for the current value of a point held by its actor.
+type GetPoint struct{ Key PointKey }
+
+// PointValue answers GetPoint. Found is false when the point has no value yet
+// or is unknown.
+type PointValue struct {
+	Key       PointKey
+	Found     bool
+	Value     float64
+	Timestamp int64
+	Quality   Quality
+}

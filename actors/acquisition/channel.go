@@ -1,0 +1,446 @@
+package acquisition
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/voltage-ems/voltage/config"
+	"github.com/voltage-ems/voltage/drivers"
+	"github.com/voltage-ems/voltage/messages"
+)
+
+// Options configure a channel actor.
+type Options struct {
+	Channel *config.Channel
+	Node    string // stamped on every update
+	Sink    Sink
+	Log     *slog.Logger
+	Metrics *Metrics // nil: unregistered collectors
+
+	// NewDriver builds the driver; default drivers.New.
+	NewDriver func(ch *config.Channel, log *slog.Logger) (drivers.Driver, error)
+	// Supervisor supervises the device actors and, below them, the point
+	// actors (one-for-one). Nil: protoactor's default.
+	Supervisor actor.SupervisorStrategy
+	// PointMiddleware wraps every point actor's Receive (metrics, tests).
+	PointMiddleware []actor.ReceiverMiddleware
+	// Restarts reports restarts of this channel's actors for its status.
+	Restarts func(channel uint32) int
+	// ReconnectDelay gives the wait before connect attempt n (n >= 1) after
+	// a failure. Default: 100 ms doubling to 30 s with 10 % jitter.
+	ReconnectDelay func(n int) time.Duration
+	// ConnectTimeout bounds one connect attempt; default 5 s.
+	ConnectTimeout time.Duration
+}
+
+// channelSpec is what the channel's actors share (read-only).
+type channelSpec struct {
+	ch   *config.Channel
+	opt  Options
+	node string
+}
+
+// NewChannelProps returns the props of a channel actor. The actor's own
+// supervisor strategy (for its device actors) is opt.Supervisor.
+func NewChannelProps(opt Options) *actor.Props {
+	if opt.Log == nil {
+		opt.Log = slog.Default()
+	}
+	opt.Log = opt.Log.With("channel", opt.Channel.ID)
+	if opt.Metrics == nil {
+		opt.Metrics = NewMetrics(nil)
+	}
+	if opt.NewDriver == nil {
+		opt.NewDriver = drivers.New
+	}
+	if opt.ReconnectDelay == nil {
+		opt.ReconnectDelay = defaultReconnectDelay
+	}
+	if opt.ConnectTimeout <= 0 {
+		opt.ConnectTimeout = 5 * time.Second
+	}
+	spec := &channelSpec{ch: opt.Channel, opt: opt, node: opt.Node}
+	props := []actor.PropsOption{}
+	if opt.Supervisor != nil {
+		props = append(props, actor.WithSupervisor(opt.Supervisor))
+	}
+	return actor.PropsFromProducer(func() actor.Actor { return newChannelActor(spec) }, props...)
+}
+
+func defaultReconnectDelay(n int) time.Duration {
+	d := 100 * time.Millisecond
+	for i := 1; i < n && d < 30*time.Second; i++ {
+		d *= 2
+	}
+	d = min(d, 30*time.Second)
+	return time.Duration(float64(d) * (0.9 + 0.2*rand.Float64()))
+}
+
+// Messages the channel actor sends itself. epoch ties an I/O result to the
+// connection it was started on, so a late result of an old connection is
+// ignored.
+type (
+	connectTick struct{ epoch uint64 }
+	connectDone struct {
+		epoch uint64
+		err   error
+	}
+	pollTick struct{ epoch uint64 }
+	pollDone struct {
+		epoch   uint64
+		samples []drivers.Sample
+		err     error
+		started time.Time
+		took    time.Duration
+	}
+	staleTick struct{}
+)
+
+// channelActor polls one channel. Its state is touched only on its own
+// goroutine; driver I/O runs in a goroutine that reports back by message.
+type channelActor struct {
+	spec *channelSpec
+	m    channelMetrics
+	log  *slog.Logger
+
+	drv       drivers.Driver
+	devices   []*actor.PID // by device slot
+	deviceOf  []int        // point index -> device slot
+	slotIndex [][]int      // device slot -> point indexes
+
+	epoch     uint64
+	connected bool
+	polling   bool
+	failures  int
+	buf       []drivers.Sample
+
+	lastRefresh []int64 // ms of the last sample of each point
+	stale       []bool
+
+	status  messages.ChannelStatus
+	timers  [timerKinds]*time.Timer
+	cancel  context.CancelFunc
+	ctxIO   context.Context
+	sendTo  func(msg any)
+	stopped bool
+}
+
+func newChannelActor(spec *channelSpec) *channelActor {
+	return &channelActor{spec: spec, m: spec.opt.Metrics.forChannel(spec.ch.ID), log: spec.opt.Log}
+}
+
+func (c *channelActor) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actor.Started:
+		c.start(ctx)
+	case *actor.Stopping, *actor.Restarting:
+		c.stop()
+	case *connectTick:
+		if m.epoch == c.epoch {
+			c.connect()
+		}
+	case *connectDone:
+		if m.epoch == c.epoch {
+			c.onConnect(ctx, m.err)
+		}
+	case *pollTick:
+		if m.epoch == c.epoch {
+			c.poll()
+		}
+	case *pollDone:
+		if m.epoch == c.epoch {
+			c.pollDone(ctx, m)
+		}
+	case *staleTick:
+		c.checkStale(ctx)
+		c.after(timerStale, c.spec.ch.PollInterval, &staleTick{})
+	case *messages.GetChannelStatus:
+		ctx.Respond(c.statusNow())
+	case *messages.GetPoint:
+		for i := range c.spec.ch.Points {
+			if c.spec.ch.Points[i].Key(c.spec.ch.ID) == m.Key {
+				ctx.Forward(c.devices[c.deviceOf[i]])
+				return
+			}
+		}
+		ctx.Respond(&messages.PointValue{Key: m.Key})
+	}
+}
+
+func (c *channelActor) start(ctx actor.Context) {
+	ch := c.spec.ch
+	self, root := ctx.Self(), ctx.ActorSystem().Root
+	c.sendTo = func(msg any) { root.Send(self, msg) }
+	c.ctxIO, c.cancel = context.WithCancel(context.Background())
+	c.status = messages.ChannelStatus{ID: ch.ID, Name: ch.Name, Protocol: ch.Protocol, Points: len(ch.Points)}
+	c.lastRefresh = make([]int64, len(ch.Points))
+	c.stale = make([]bool, len(ch.Points))
+	c.spawnDevices(ctx)
+
+	drv, err := c.spec.opt.NewDriver(ch, c.log)
+	if err != nil {
+		// A driver that cannot be built will not get better by retrying.
+		c.status.LastError = err.Error()
+		c.log.Error("channel driver unavailable", "err", err)
+		c.markAll(ctx, messages.CommLost)
+		return
+	}
+	c.drv = drv
+	c.m.connected.Set(0)
+	c.connect()
+	c.after(timerStale, ch.PollInterval, &staleTick{})
+}
+
+// spawnDevices groups points by slave id (one device actor each) and spawns
+// the device actors, which spawn their point actors.
+func (c *channelActor) spawnDevices(ctx actor.Context) {
+	ch := c.spec.ch
+	slots := map[uint8]int{}
+	c.deviceOf = make([]int, len(ch.Points))
+	for i := range ch.Points {
+		s, ok := slots[ch.Points[i].SlaveID]
+		if !ok {
+			s = len(c.slotIndex)
+			slots[ch.Points[i].SlaveID] = s
+			c.slotIndex = append(c.slotIndex, nil)
+		}
+		c.deviceOf[i] = s
+		c.slotIndex[s] = append(c.slotIndex[s], i)
+	}
+	pointProps := func(i int) *actor.Props {
+		p := &ch.Points[i]
+		key := p.Key(ch.ID)
+		opts := []actor.PropsOption{}
+		if len(c.spec.opt.PointMiddleware) > 0 {
+			opts = append(opts, actor.WithReceiverMiddleware(c.spec.opt.PointMiddleware...))
+		}
+		return actor.PropsFromProducer(func() actor.Actor {
+			return &pointActor{st: newPointState(key, c.spec.node, p.Deadband), sink: c.spec.opt.Sink}
+		}, opts...)
+	}
+	devProps := []actor.PropsOption{}
+	if c.spec.opt.Supervisor != nil {
+		devProps = append(devProps, actor.WithSupervisor(c.spec.opt.Supervisor))
+	}
+	c.devices = make([]*actor.PID, len(c.slotIndex))
+	slaveOf := make([]uint8, len(c.slotIndex))
+	for slave, s := range slots {
+		slaveOf[s] = slave
+	}
+	for s, idx := range c.slotIndex {
+		name := "slave-" + strconv.Itoa(int(slaveOf[s]))
+		pid, err := ctx.SpawnNamed(actor.PropsFromProducer(func() actor.Actor {
+			return &deviceActor{spec: c.spec, indexes: idx, pointProp: pointProps}
+		}, devProps...), name)
+		if err != nil {
+			panic(fmt.Sprintf("channel %d: spawn device %s: %v", ch.ID, name, err))
+		}
+		c.devices[s] = pid
+	}
+}
+
+func (c *channelActor) stop() {
+	c.stopped = true
+	for _, t := range c.timers {
+		if t != nil {
+			t.Stop()
+		}
+	}
+	if c.cancel != nil {
+		c.cancel()
+	}
+	if c.drv != nil {
+		if err := c.drv.Close(); err != nil {
+			c.log.Debug("close driver", "err", err)
+		}
+	}
+	c.m.connected.Set(0)
+}
+
+// Kinds of self-scheduled messages; at most one of each is pending.
+const (
+	timerConnect = iota
+	timerPoll
+	timerStale
+	timerKinds
+)
+
+// after sends msg to the actor itself after d (self-scheduled, never a
+// repeating timer), replacing a pending message of the same kind.
+func (c *channelActor) after(kind int, d time.Duration, msg any) {
+	if c.stopped {
+		return
+	}
+	if t := c.timers[kind]; t != nil {
+		t.Stop()
+	}
+	c.timers[kind] = time.AfterFunc(d, func() { c.sendTo(msg) })
+}
+
+func (c *channelActor) connect() {
+	epoch := c.epoch
+	conn, ok := c.drv.(drivers.Connector)
+	if !ok {
+		c.sendTo(&connectDone{epoch: epoch})
+		return
+	}
+	ctx, timeout := c.ctxIO, c.spec.opt.ConnectTimeout
+	go func() {
+		cctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		err := conn.Connect(cctx)
+		c.sendTo(&connectDone{epoch: epoch, err: err})
+	}()
+}
+
+func (c *channelActor) onConnect(ctx actor.Context, err error) {
+	if err != nil {
+		c.failed(ctx, fmt.Errorf("connect: %w", err))
+		return
+	}
+	if c.failures > 0 {
+		c.log.Info("channel reconnected", "after_failures", c.failures)
+	}
+	c.connected = true
+	c.status.Connected = true
+	c.m.connected.Set(1)
+	c.poll()
+}
+
+func (c *channelActor) poll() {
+	if !c.connected || c.polling {
+		return
+	}
+	c.polling = true
+	epoch, drv, buf, ctx := c.epoch, c.drv, c.buf[:0], c.ctxIO
+	c.buf = nil // owned by the I/O goroutine until pollDone
+	go func() {
+		start := time.Now()
+		samples, err := drv.Read(ctx, buf)
+		c.sendTo(&pollDone{epoch: epoch, samples: samples, err: err, started: start, took: time.Since(start)})
+	}()
+}
+
+func (c *channelActor) pollDone(ctx actor.Context, m *pollDone) {
+	c.polling = false
+	c.buf = m.samples
+	c.status.Polls++
+	c.status.LastPoll = m.started
+	c.status.LastLatency = m.took
+	c.m.polls.Inc()
+	c.m.pollTime.Observe(m.took.Seconds())
+	if m.err != nil {
+		c.failed(ctx, m.err)
+		return
+	}
+	if c.failures > 0 {
+		c.failures = 0
+	}
+	c.dispatch(ctx, m.samples, m.started.UnixMilli())
+	next := c.spec.ch.PollInterval - time.Since(m.started)
+	if next <= 0 {
+		c.poll()
+		return
+	}
+	c.after(timerPoll, next, &pollTick{epoch: c.epoch})
+}
+
+// dispatch sends the samples to the device actors, one batch per device.
+func (c *channelActor) dispatch(ctx actor.Context, samples []drivers.Sample, ts int64) {
+	batches := make([][]pointSample, len(c.devices))
+	bad := 0
+	for _, s := range samples {
+		if s.Index < 0 || s.Index >= len(c.deviceOf) {
+			continue
+		}
+		slot := c.deviceOf[s.Index]
+		if batches[slot] == nil {
+			batches[slot] = make([]pointSample, 0, len(c.slotIndex[slot]))
+		}
+		batches[slot] = append(batches[slot], pointSample{index: s.Index, value: s.Value, quality: s.Quality, ts: ts})
+		c.lastRefresh[s.Index] = ts
+		c.stale[s.Index] = false
+		if s.Quality != messages.Good {
+			bad++
+		}
+	}
+	c.status.BadPoints = bad
+	for slot, b := range batches {
+		if len(b) > 0 {
+			ctx.Send(c.devices[slot], &deviceSamples{samples: b})
+		}
+	}
+}
+
+// failed handles a lost or failed connection: comm_lost, close, retry later.
+func (c *channelActor) failed(ctx actor.Context, err error) {
+	c.failures++
+	c.status.Errors++
+	c.status.LastError = err.Error()
+	c.m.errors.Inc()
+	if c.connected || c.failures == 1 {
+		c.log.Warn("channel connection lost", "err", err)
+		c.markAll(ctx, messages.CommLost)
+	}
+	c.connected = false
+	c.status.Connected = false
+	c.m.connected.Set(0)
+	if err := c.drv.Close(); err != nil {
+		c.log.Debug("close driver after failure", "err", err)
+	}
+	c.epoch++
+	delay := c.spec.opt.ReconnectDelay(c.failures)
+	c.status.Reconnects++
+	c.m.reconnects.Inc()
+	c.after(timerConnect, delay, &connectTick{epoch: c.epoch})
+}
+
+func (c *channelActor) markAll(ctx actor.Context, q messages.Quality) {
+	mq := &markQuality{quality: q, ts: time.Now().UnixMilli()}
+	for _, d := range c.devices {
+		ctx.Send(d, mq)
+	}
+}
+
+// checkStale marks points not refreshed within 3 poll intervals as stale
+// (while connected; a disconnected channel's points are comm_lost).
+func (c *channelActor) checkStale(ctx actor.Context) {
+	if !c.connected {
+		return
+	}
+	now := time.Now().UnixMilli()
+	limit := now - 3*c.spec.ch.PollInterval.Milliseconds()
+	var perDevice map[int][]int
+	for i, t := range c.lastRefresh {
+		if t == 0 {
+			t = c.status.LastPoll.UnixMilli() // never read: count from connect
+			if c.status.LastPoll.IsZero() {
+				continue
+			}
+		}
+		if t < limit && !c.stale[i] {
+			c.stale[i] = true
+			if perDevice == nil {
+				perDevice = map[int][]int{}
+			}
+			perDevice[c.deviceOf[i]] = append(perDevice[c.deviceOf[i]], i)
+		}
+	}
+	for slot, idx := range perDevice {
+		ctx.Send(c.devices[slot], &markQuality{quality: messages.Stale, ts: now, indexes: idx})
+	}
+}
+
+func (c *channelActor) statusNow() *messages.ChannelStatus {
+	s := c.status
+	if c.spec.opt.Restarts != nil {
+		s.Restarts = c.spec.opt.Restarts(c.spec.ch.ID)
+	}
+	return &s
+}

@@ -1,0 +1,137 @@
+package redisbus
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/voltage-ems/voltage/messages"
+)
+
+// Subscriber receives point:update from Redis and hands other nodes' updates
+// to deliver in batches; updates produced by this node (same Node name) are
+// dropped because local consumers already got them directly. go-redis
+// re-subscribes by itself after a reconnect.
+type Subscriber struct {
+	client  *redis.Client
+	node    string
+	deliver func([]messages.PointUpdate)
+	log     *slog.Logger
+	m       *Metrics
+
+	startOnce, stopOnce sync.Once
+	cancel              context.CancelFunc
+	done                chan struct{}
+	ready               chan struct{}
+}
+
+// maxBatch bounds one delivered batch.
+const maxBatch = 1000
+
+// NewSubscriber creates a subscriber with its own client built from ro.
+// deliver is called from the subscriber's goroutine; it must not keep the slice.
+func NewSubscriber(ro *redis.Options, node string, deliver func([]messages.PointUpdate), log *slog.Logger, m *Metrics) *Subscriber {
+	if log == nil {
+		log = slog.Default()
+	}
+	if m == nil {
+		m = NewMetrics(nil, nil)
+	}
+	c := *ro
+	return &Subscriber{client: redis.NewClient(&c), node: node, deliver: deliver, log: log, m: m,
+		done: make(chan struct{}), ready: make(chan struct{})}
+}
+
+// Start subscribes and runs the receive loop until Stop. Idempotent.
+func (s *Subscriber) Start() {
+	s.startOnce.Do(func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		s.cancel = cancel
+		go s.loop(ctx)
+	})
+}
+
+// Ready is closed once the first subscription is confirmed by Redis.
+func (s *Subscriber) Ready() <-chan struct{} { return s.ready }
+
+// Stop ends the loop and closes the client. Idempotent.
+func (s *Subscriber) Stop() {
+	s.stopOnce.Do(func() {
+		if s.cancel != nil {
+			s.cancel()
+			<-s.done
+		}
+		_ = s.client.Close()
+	})
+}
+
+func (s *Subscriber) loop(ctx context.Context) {
+	defer close(s.done)
+	ps := s.client.Subscribe(ctx)
+	defer ps.Close()
+	// Subscribe with a confirmation so Ready means "receiving"; retry while
+	// Redis is not there yet.
+	for {
+		err := ps.Subscribe(ctx, UpdateChannel)
+		if err == nil {
+			if _, err = ps.Receive(ctx); err == nil {
+				break
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("redis subscriber: subscribe failed, retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	close(s.ready)
+	ch := ps.Channel(redis.WithChannelSize(10000))
+	batch := make([]messages.PointUpdate, 0, maxBatch)
+	for {
+		var msg *redis.Message
+		select {
+		case <-ctx.Done():
+			return
+		case msg = <-ch:
+		}
+		batch = s.add(batch, msg)
+	drain:
+		for len(batch) < maxBatch {
+			select {
+			case msg = <-ch:
+				batch = s.add(batch, msg)
+			default:
+				break drain
+			}
+		}
+		if len(batch) > 0 {
+			s.deliver(batch)
+			s.m.Received.Add(float64(len(batch)))
+			batch = batch[:0]
+		}
+	}
+}
+
+func (s *Subscriber) add(batch []messages.PointUpdate, msg *redis.Message) []messages.PointUpdate {
+	if msg == nil {
+		return batch
+	}
+	var u messages.PointUpdate
+	if err := u.UnmarshalJSON([]byte(msg.Payload)); err != nil {
+		s.m.ReceiveErrors.Inc()
+		s.log.Debug("redis subscriber: invalid point update", "err", err)
+		return batch
+	}
+	if u.Node == s.node {
+		s.m.ReceivedOwn.Inc()
+		return batch
+	}
+	return append(batch, u)
+}

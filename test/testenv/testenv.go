@@ -1,0 +1,178 @@
+// Package testenv starts the real servers that integration tests talk to
+// (redis-server on a free loopback port) and provides small waiting helpers.
+// Every server is stopped with t.Cleanup.
+package testenv
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Eventually polls cond every 10 ms until it returns true or d passes, and
+// fails the test with msg (formatted with args) if it never does.
+func Eventually(t testing.TB, d time.Duration, cond func() bool, msg string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		if cond() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v: "+msg, append([]any{d}, args...)...)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Redis is a redis-server process owned by one test.
+type Redis struct {
+	t    testing.TB
+	Port int
+	dir  string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Addr is host:port of the server.
+func (r *Redis) Addr() string { return "127.0.0.1:" + strconv.Itoa(r.Port) }
+
+// URL is the redis:// URL of the server.
+func (r *Redis) URL() string { return "redis://" + r.Addr() + "/0" }
+
+// RedisServerPath returns the redis-server binary, or "" when it is absent.
+func RedisServerPath() string {
+	p, err := exec.LookPath("redis-server")
+	if err != nil {
+		return ""
+	}
+	return p
+}
+
+// StartRedis starts a redis-server without persistence on a free port. It
+// skips the test when redis-server is not installed (.ci/run installs it).
+func StartRedis(t testing.TB) *Redis {
+	t.Helper()
+	if RedisServerPath() == "" {
+		t.Skip("redis-server not on PATH: install the Debian package redis-server (.ci/run does)")
+	}
+	r := &Redis{t: t, dir: t.TempDir()}
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		r.Port = FreePort(t)
+		if err = r.start(); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("start redis-server: %v", err)
+	}
+	t.Cleanup(r.Stop)
+	return r
+}
+
+func (r *Redis) start() error {
+	r.cmd = exec.Command(RedisServerPath(),
+		"--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", r.dir,
+		"--logfile", filepath.Join(r.dir, "redis.log"))
+	r.done = make(chan struct{})
+	if err := r.cmd.Start(); err != nil {
+		return err
+	}
+	cmd, done := r.cmd, r.done
+	go func() { _ = cmd.Wait(); close(done) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-done:
+			log, _ := os.ReadFile(filepath.Join(r.dir, "redis.log"))
+			return fmt.Errorf("redis-server exited: %s", lastLines(string(log), 5))
+		default:
+		}
+		if pingRedis(r.Addr()) == nil {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	r.kill()
+	return fmt.Errorf("redis-server on %s did not answer PING within 5s", r.Addr())
+}
+
+// Stop kills the server (as a crash would: nothing is saved). Idempotent.
+func (r *Redis) Stop() {
+	if r.cmd != nil {
+		r.kill()
+		r.cmd = nil
+	}
+}
+
+func (r *Redis) kill() {
+	_ = r.cmd.Process.Kill()
+	<-r.done
+}
+
+// Restart starts the server again on the same port, empty.
+func (r *Redis) Restart() {
+	r.t.Helper()
+	r.Stop()
+	var err error
+	for attempt := 0; attempt < 50; attempt++ { // the port may linger briefly
+		if err = r.start(); err == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	r.t.Fatalf("restart redis-server on %s: %v", r.Addr(), err)
+}
+
+// pingRedis speaks just enough RESP to see that the server answers.
+func pingRedis(addr string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(line, "+PONG") {
+		return fmt.Errorf("unexpected PING answer %q", line)
+	}
+	return nil
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
