@@ -1,0 +1,238 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/voltage-ems/voltage/actors/acquisition"
+	"github.com/voltage-ems/voltage/actors/node"
+	"github.com/voltage-ems/voltage/actors/redisbus"
+	"github.com/voltage-ems/voltage/config"
+	"github.com/voltage-ems/voltage/messages"
+	"github.com/voltage-ems/voltage/supervisor"
+	"github.com/voltage-ems/voltage/web"
+)
+
+func cmdRun(args []string, stdout, stderr io.Writer) error {
+	f := newFlags("run", stderr)
+	simulate := f.fs.Bool("simulate", false, "also serve the config's loopback Modbus TCP devices in-process")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	log, err := f.logger(stderr)
+	if err != nil {
+		return err
+	}
+	cfg, err := config.Load(f.config)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return fmt.Errorf("%s is not valid", f.config)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	n := &nodeRun{cfg: cfg, log: log.With("node", cfg.Node.Name), simulate: *simulate}
+	return n.run(ctx)
+}
+
+// nodeRun is one run of a node: start the parts in order, wait for the
+// signal, stop them in reverse order, every step logged with its duration.
+type nodeRun struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	simulate bool
+	stops    []func()
+}
+
+func (n *nodeRun) step(name string, f func() error) error {
+	start := time.Now()
+	if err := f(); err != nil {
+		n.log.Error("start failed", "step", name, "err", err)
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	n.log.Info("started", "step", name, "took", time.Since(start).Round(time.Microsecond))
+	return nil
+}
+
+func (n *nodeRun) onStop(name string, f func()) {
+	n.stops = append(n.stops, func() {
+		start := time.Now()
+		f()
+		n.log.Info("stopped", "step", name, "took", time.Since(start).Round(time.Microsecond))
+	})
+}
+
+func (n *nodeRun) stopAll() {
+	for i := len(n.stops) - 1; i >= 0; i-- {
+		n.stops[i]()
+	}
+}
+
+func (n *nodeRun) run(ctx context.Context) error {
+	defer n.stopAll()
+	cfg, log := n.cfg, n.log
+	var (
+		ro       *redis.Options
+		reg      = prometheus.NewRegistry()
+		system   *actor.ActorSystem
+		rootPID  *actor.PID
+		channels *actor.PID
+		writer   *redisbus.Writer
+		api      *redis.Client
+	)
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	if err := n.step("redis", func() (err error) { ro, err = n.redis(); return err }); err != nil {
+		return err
+	}
+	if n.simulate {
+		if err := n.step("simulator", n.startSimulators); err != nil {
+			return err
+		}
+	}
+	if err := n.step("actors", func() error {
+		system = actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
+			return log.With("component", "actor")
+		}))
+		stats := supervisor.NewStats(nil)
+		sm, err := supervisor.NewMetrics(reg)
+		if err != nil {
+			return err
+		}
+		strategy := func(kind string) actor.SupervisorStrategy {
+			return supervisor.NewStrategy(supervisor.DefaultPolicy(),
+				supervisor.Observers(stats, sm.Kind(kind), supervisor.Log(log)))
+		}
+		bm := redisbus.NewMetrics(reg, func() float64 { return float64(writer.QueueDepth()) })
+		writer = redisbus.NewWriter(ro, redisbus.WriterOptions{Node: cfg.Node.Name, Log: log.With("component", "redis-writer"), Metrics: bm})
+		am := acquisition.NewMetrics(reg)
+		policy := supervisor.DefaultPolicy()
+		var chans []acquisition.Options
+		for i := range cfg.Channels {
+			ch := &cfg.Channels[i]
+			if ch.Protocol == config.ProtocolCompute {
+				continue
+			}
+			prefix := "voltage/channels/" + strconv.FormatUint(uint64(ch.ID), 10)
+			chans = append(chans, acquisition.Options{
+				Channel: ch, Node: cfg.Node.Name, Sink: writer, Log: log, Metrics: am,
+				Supervisor: strategy("point"),
+				Restarts:   func(uint32) int { return stats.For(prefix) + stats.Under(prefix+"/") },
+				ReconnectDelay: func(k int) time.Duration {
+					return policy.Delay(k, rand.Float64())
+				},
+			})
+		}
+		subProps := actor.PropsFromProducer(redisbus.NewSubscriberActor(func(deliver func([]messages.PointUpdate)) *redisbus.Subscriber {
+			return redisbus.NewSubscriber(ro, cfg.Node.Name, deliver, log.With("component", "redis-subscriber"), bm)
+		}))
+		root := node.NewRootProps([]node.Child{
+			{Name: "redis-writer", Props: actor.PropsFromProducer(func() actor.Actor { return &redisbus.WriterActor{W: writer} })},
+			{Name: "redis-subscriber", Props: subProps},
+			{Name: "channels", Props: acquisition.NewChannelsProps(chans, strategy("channel"))},
+		}, strategy("service"))
+		rootPID, err = system.Root.SpawnNamed(root, "voltage")
+		if err != nil {
+			return err
+		}
+		res, err := system.Root.RequestFuture(rootPID, &node.GetChild{Name: "channels"}, 5*time.Second).Result()
+		if err != nil {
+			return err
+		}
+		channels = res.(*node.ChildPID).PID
+		n.onStop("actors", func() {
+			if err := system.Root.PoisonFuture(rootPID).Wait(); err != nil {
+				log.Warn("actors did not stop in time", "err", err)
+			}
+			system.Shutdown()
+		})
+		return nil
+	}); err != nil {
+		return err
+	}
+
+	if err := n.step("http", func() error {
+		api = redis.NewClient(ro)
+		n.onStop("redis api client", func() { _ = api.Close() })
+		h := web.NewHandler(web.Deps{
+			Config: cfg, Redis: api, Gatherer: reg, Version: version, Log: log.With("component", "http"),
+			Status: func(ctx context.Context, id uint32) (*messages.ChannelStatus, error) {
+				res, err := system.Root.RequestFuture(channels, &messages.GetChannelStatus{ChannelID: id}, time.Second).Result()
+				if err != nil {
+					return nil, err
+				}
+				return res.(*messages.ChannelStatus), nil
+			},
+			Ready: func(ctx context.Context) error {
+				if err := api.Ping(ctx).Err(); err != nil {
+					return fmt.Errorf("redis unreachable: %w", err)
+				}
+				return nil
+			},
+		})
+		ln, err := net.Listen("tcp", cfg.Node.HTTP)
+		if err != nil {
+			return err
+		}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("http server failed", "err", err)
+			}
+		}()
+		log.Info("http listening", "addr", "http://"+ln.Addr().String(),
+			"try", "curl http://"+ln.Addr().String()+"/api/points?pattern=*")
+		n.onStop("http", func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+		})
+		return nil
+	}); err != nil {
+		return err
+	}
+
+	log.Info("node running", "channels", len(cfg.Channels))
+	<-ctx.Done()
+	log.Info("shutting down")
+	return nil
+}
+
+// redis returns the options of the configured Redis, or starts the embedded
+// one when redis.url is empty.
+func (n *nodeRun) redis() (*redis.Options, error) {
+	if n.cfg.Redis.URL != "" {
+		ro, err := redis.ParseURL(n.cfg.Redis.URL)
+		if err != nil {
+			return nil, fmt.Errorf("redis.url: %w", err)
+		}
+		n.log.Info("using redis", "addr", ro.Addr, "db", ro.DB)
+		return ro, nil
+	}
+	m := miniredis.NewMiniRedis()
+	if err := m.StartAddr("127.0.0.1:0"); err != nil {
+		return nil, fmt.Errorf("embedded redis: %w", err)
+	}
+	n.onStop("embedded redis", m.Close)
+	host, port, _ := strings.Cut(m.Addr(), ":")
+	n.log.Info("embedded redis listening (redis.url is empty)", "addr", m.Addr(),
+		"watch", fmt.Sprintf("redis-cli -h %s -p %s subscribe point:update", host, port))
+	return &redis.Options{Addr: m.Addr()}, nil
+}

@@ -1,0 +1,179 @@
+package web
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/voltage-ems/voltage/config"
+	"github.com/voltage-ems/voltage/messages"
+)
+
+// ChannelStatusFunc returns the live status of one channel.
+type ChannelStatusFunc func(ctx context.Context, id uint32) (*messages.ChannelStatus, error)
+
+// Deps is what the routes need; cmd wires them.
+type Deps struct {
+	Config   *config.Config
+	Status   ChannelStatusFunc
+	Redis    redis.UniversalClient
+	Gatherer prometheus.Gatherer
+	// Ready reports why the node is not ready (nil: ready).
+	Ready   func(ctx context.Context) error
+	Version string
+	Log     *slog.Logger
+}
+
+// NewHandler builds the gin engine with every route.
+func NewHandler(d Deps) http.Handler {
+	gin.SetMode(gin.ReleaseMode)
+	if d.Log == nil {
+		d.Log = slog.Default()
+	}
+	s := &server{d: d, points: newPointIndex(d.Config)}
+	r := gin.New()
+	r.Use(gin.CustomRecovery(func(c *gin.Context, err any) {
+		d.Log.Error("http handler panicked", "path", c.Request.URL.Path, "err", err)
+		abort(c, http.StatusInternalServerError, "internal", "internal error")
+	}))
+	r.GET("/health", s.health)
+	r.GET("/ready", s.ready)
+	r.GET("/metrics", gin.WrapH(promhttp.HandlerFor(d.Gatherer, promhttp.HandlerOpts{})))
+	api := r.Group("/api")
+	api.GET("/channels", s.channels)
+	api.GET("/channels/:id", s.channel)
+	api.GET("/points", s.pointsByPattern)
+	api.GET("/points/:ch/:type/:pt", s.point)
+	r.NoRoute(func(c *gin.Context) {
+		abort(c, http.StatusNotFound, "not_found", "no route "+c.Request.Method+" "+c.Request.URL.Path)
+	})
+	return r
+}
+
+type server struct {
+	d      Deps
+	points *pointIndex
+}
+
+type apiError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func abort(c *gin.Context, status int, code, msg string) {
+	c.AbortWithStatusJSON(status, gin.H{"error": apiError{Code: code, Message: msg}})
+}
+
+func (s *server) health(c *gin.Context) {
+	c.JSON(http.StatusOK, gin.H{"status": "ok", "node": s.d.Config.Node.Name, "version": s.d.Version})
+}
+
+func (s *server) ready(c *gin.Context) {
+	if s.d.Ready != nil {
+		ctx, cancel := context.WithTimeout(c.Request.Context(), 2*time.Second)
+		defer cancel()
+		if err := s.d.Ready(ctx); err != nil {
+			abort(c, http.StatusServiceUnavailable, "not_ready", err.Error())
+			return
+		}
+	}
+	c.JSON(http.StatusOK, gin.H{"status": "ready"})
+}
+
+// channelJSON is a channel's configuration and live status.
+type channelJSON struct {
+	ID            uint32    `json:"id"`
+	Name          string    `json:"name"`
+	Protocol      string    `json:"protocol"`
+	PollInterval  string    `json:"poll_interval"`
+	Points        int       `json:"points"`
+	Connected     bool      `json:"connected"`
+	LastPoll      time.Time `json:"last_poll"`
+	LastLatencyMS float64   `json:"last_poll_latency_ms"`
+	Polls         uint64    `json:"polls"`
+	Errors        uint64    `json:"errors"`
+	LastError     string    `json:"last_error"`
+	Reconnects    uint64    `json:"reconnects"`
+	Restarts      int       `json:"restarts"`
+	BadPoints     int       `json:"bad_points"`
+}
+
+func (s *server) channelStatus(ctx context.Context, ch *config.Channel) channelJSON {
+	j := channelJSON{ID: ch.ID, Name: ch.Name, Protocol: ch.Protocol, PollInterval: ch.PollInterval.String(), Points: len(ch.Points)}
+	if ch.Protocol == config.ProtocolCompute || s.d.Status == nil {
+		return j
+	}
+	st, err := s.d.Status(ctx, ch.ID)
+	if err != nil {
+		j.LastError = "status unavailable: " + err.Error()
+		return j
+	}
+	j.Connected, j.LastPoll, j.Polls, j.Errors = st.Connected, st.LastPoll, st.Polls, st.Errors
+	j.LastLatencyMS = float64(st.LastLatency.Microseconds()) / 1000
+	j.LastError, j.Reconnects, j.Restarts, j.BadPoints = st.LastError, st.Reconnects, st.Restarts, st.BadPoints
+	return j
+}
+
+func (s *server) channels(c *gin.Context) {
+	out := make([]channelJSON, 0, len(s.d.Config.Channels))
+	for i := range s.d.Config.Channels {
+		out = append(out, s.channelStatus(c.Request.Context(), &s.d.Config.Channels[i]))
+	}
+	c.JSON(http.StatusOK, out)
+}
+
+func (s *server) channel(c *gin.Context) {
+	id, err := strconv.ParseUint(c.Param("id"), 10, 32)
+	if err != nil {
+		abort(c, http.StatusBadRequest, "bad_request", "channel id "+strconv.Quote(c.Param("id"))+" is not a number")
+		return
+	}
+	ch := s.d.Config.Channel(uint32(id))
+	if ch == nil {
+		abort(c, http.StatusNotFound, "not_found", "unknown channel "+c.Param("id"))
+		return
+	}
+	c.JSON(http.StatusOK, s.channelStatus(c.Request.Context(), ch))
+}
+
+func (s *server) pointsByPattern(c *gin.Context) {
+	pattern := c.DefaultQuery("pattern", "*")
+	m, err := compilePattern(pattern)
+	if err != nil {
+		abort(c, http.StatusBadRequest, "bad_pattern", "query parameter pattern: "+err.Error())
+		return
+	}
+	sel := s.points.match(m)
+	vals, err := readPoints(c.Request.Context(), s.d.Redis, sel)
+	if err != nil {
+		abort(c, http.StatusServiceUnavailable, "redis_unavailable", "reading current values from redis: "+err.Error())
+		return
+	}
+	c.JSON(http.StatusOK, vals)
+}
+
+func (s *server) point(c *gin.Context) {
+	key, err := messages.ParsePointKey(c.Param("ch") + ":" + c.Param("type") + ":" + c.Param("pt"))
+	if err != nil {
+		abort(c, http.StatusBadRequest, "bad_request", err.Error())
+		return
+	}
+	p := s.points.get(key)
+	if p == nil {
+		abort(c, http.StatusNotFound, "not_found", "unknown point "+key.String())
+		return
+	}
+	vals, err := readPoints(c.Request.Context(), s.d.Redis, []*pointInfo{p})
+	if err != nil {
+		abort(c, http.StatusServiceUnavailable, "redis_unavailable", "reading current value from redis: "+err.Error())
+		return
+	}
+	c.JSON(http.StatusOK, vals[0])
+}
