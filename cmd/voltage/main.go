@@ -82,6 +82,7 @@ func (e usageError) Error() string { return e.msg }
 type commonFlags struct {
 	config   string
 	logLevel string
+	level    slog.Level
 	fs       *flag.FlagSet
 }
 
@@ -111,5 +112,6 @@ func (f *commonFlags) logger(w io.Writer) (*slog.Logger, error) {
 	if err := lvl.UnmarshalText([]byte(strings.ToUpper(f.logLevel))); err != nil {
 		return nil, usageError{fmt.Sprintf("--log-level %q: want debug, info, warn or error", f.logLevel)}
 	}
+	f.level = lvl
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lvl})), nil
 }

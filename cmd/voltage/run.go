@@ -48,7 +48,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	n := &nodeRun{cfg: cfg, log: log.With("node", cfg.Node.Name), simulate: *simulate}
+	// protoactor logs every dead letter at info (for example the stop
+	// messages of an ordered shutdown): keep its logger at warn or above.
+	actorLog := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: max(f.level, slog.LevelWarn)}))
+	n := &nodeRun{cfg: cfg, log: log.With("node", cfg.Node.Name), actorLog: actorLog.With("node", cfg.Node.Name, "component", "actor"), simulate: *simulate}
 	return n.run(ctx)
 }
 
@@ -57,6 +60,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 type nodeRun struct {
 	cfg      *config.Config
 	log      *slog.Logger
+	actorLog *slog.Logger
 	simulate bool
 	stops    []func()
 }
@@ -109,7 +113,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 	}
 	if err := n.step("actors", func() error {
 		system = actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
-			return log.With("component", "actor")
+			return n.actorLog
 		}))
 		stats := supervisor.NewStats(nil)
 		sm, err := supervisor.NewMetrics(reg)
