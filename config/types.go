@@ -19,6 +19,8 @@ type Config struct {
 	Channels     []Channel     `yaml:"channels"`
 	Computations []Computation `yaml:"computations"`
 	Alarms       []Alarm       `yaml:"alarms"`
+
+	index *index // built by Load for Channel and Point
 }
 
 // Node names the node and where it serves HTTP and keeps data.
