@@ -37,6 +37,9 @@ type Options struct {
 	ReconnectDelay func(n int) time.Duration
 	// ConnectTimeout bounds one connect attempt; default 5 s.
 	ConnectTimeout time.Duration
+	// Dispatcher runs the device and point actors' mailboxes; nil:
+	// protoactor's default (a goroutine per mailbox run).
+	Dispatcher actor.Dispatcher
 }
 
 // channelSpec is what the channel's actors share (read-only).
@@ -141,6 +144,25 @@ func (c *channelActor) Receive(ctx actor.Context) {
 		c.start(ctx)
 	case *actor.Stopping, *actor.Restarting:
 		c.stop()
+	case *connectTick, *connectDone, *pollTick, *pollDone, *staleTick:
+		if !c.stopped { // I/O cancelled by the stop reports back: ignore it
+			c.internal(ctx, m)
+		}
+	case *messages.GetChannelStatus:
+		ctx.Respond(c.statusNow())
+	case *messages.GetPoint:
+		for i := range c.spec.ch.Points {
+			if c.spec.ch.Points[i].Key(c.spec.ch.ID) == m.Key {
+				ctx.Forward(c.devices[c.deviceOf[i]])
+				return
+			}
+		}
+		ctx.Respond(&messages.PointValue{Key: m.Key})
+	}
+}
+
+func (c *channelActor) internal(ctx actor.Context, msg any) {
+	switch m := msg.(type) {
 	case *connectTick:
 		if m.epoch == c.epoch {
 			c.connect()
@@ -160,16 +182,6 @@ func (c *channelActor) Receive(ctx actor.Context) {
 	case *staleTick:
 		c.checkStale(ctx)
 		c.after(timerStale, c.spec.ch.PollInterval, &staleTick{})
-	case *messages.GetChannelStatus:
-		ctx.Respond(c.statusNow())
-	case *messages.GetPoint:
-		for i := range c.spec.ch.Points {
-			if c.spec.ch.Points[i].Key(c.spec.ch.ID) == m.Key {
-				ctx.Forward(c.devices[c.deviceOf[i]])
-				return
-			}
-		}
-		ctx.Respond(&messages.PointValue{Key: m.Key})
 	}
 }
 
@@ -217,6 +229,9 @@ func (c *channelActor) spawnDevices(ctx actor.Context) {
 		p := &ch.Points[i]
 		key := p.Key(ch.ID)
 		opts := []actor.PropsOption{}
+		if c.spec.opt.Dispatcher != nil {
+			opts = append(opts, actor.WithDispatcher(c.spec.opt.Dispatcher))
+		}
 		if len(c.spec.opt.PointMiddleware) > 0 {
 			opts = append(opts, actor.WithReceiverMiddleware(c.spec.opt.PointMiddleware...))
 		}
@@ -225,6 +240,9 @@ func (c *channelActor) spawnDevices(ctx actor.Context) {
 		}, opts...)
 	}
 	devProps := []actor.PropsOption{}
+	if c.spec.opt.Dispatcher != nil {
+		devProps = append(devProps, actor.WithDispatcher(c.spec.opt.Dispatcher))
+	}
 	if c.spec.opt.Supervisor != nil {
 		devProps = append(devProps, actor.WithSupervisor(c.spec.opt.Supervisor))
 	}

@@ -89,17 +89,19 @@ func (d *deviceActor) Receive(ctx actor.Context) {
 type pointActor struct {
 	st   pointState
 	sink Sink
+	out  messages.PointUpdate // reused: a local handed to the Sink interface would escape to the heap
 }
 
 func (p *pointActor) Receive(ctx actor.Context) {
+	var ok bool
 	switch m := ctx.Message().(type) {
 	case *pointSample:
-		if u, ok := p.st.sample(m.value, m.quality, m.ts); ok {
-			p.sink.Publish(&u)
+		if p.out, ok = p.st.sample(m.value, m.quality, m.ts); ok {
+			p.sink.Publish(&p.out)
 		}
 	case *pointMark:
-		if u, ok := p.st.mark(m.quality, m.ts); ok {
-			p.sink.Publish(&u)
+		if p.out, ok = p.st.mark(m.quality, m.ts); ok {
+			p.sink.Publish(&p.out)
 		}
 	case *messages.GetPoint:
 		ctx.Respond(&messages.PointValue{Key: p.st.key, Found: p.st.has, Value: p.st.value,

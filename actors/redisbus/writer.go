@@ -47,6 +47,7 @@ type Writer struct {
 
 	newConn atomic.Bool  // a new connection was opened: Redis may be a new, empty one
 	conns   atomic.Int64 // connections opened so far
+	written atomic.Int64 // updates published to Redis
 	kick    chan struct{}
 
 	startOnce, stopOnce sync.Once
@@ -141,6 +142,9 @@ func (w *Writer) QueueDepth() int {
 	defer w.mu.Unlock()
 	return len(w.pending) + len(w.dirty)
 }
+
+// Published is the number of updates written to Redis so far.
+func (w *Writer) Published() int64 { return w.written.Load() }
 
 // Points is the number of distinct points the writer holds state for.
 func (w *Writer) Points() int {
@@ -335,6 +339,7 @@ func (w *Writer) write(ctx context.Context, pubs, hashOnly []messages.PointUpdat
 	w.opt.Metrics.FlushSeconds.Observe(time.Since(start).Seconds())
 	w.opt.Metrics.FlushSize.Observe(float64(len(pubs)))
 	w.opt.Metrics.Published.Add(float64(len(pubs)))
+	w.written.Add(int64(len(pubs)))
 	return nil
 }
 

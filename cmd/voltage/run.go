@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -127,6 +128,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 		bm := redisbus.NewMetrics(reg, func() float64 { return float64(writer.QueueDepth()) })
 		writer = redisbus.NewWriter(ro, redisbus.WriterOptions{Node: cfg.Node.Name, Log: log.With("component", "redis-writer"), Metrics: bm})
 		am := acquisition.NewMetrics(reg)
+		dispatcher := node.NewPoolDispatcher(2*runtime.GOMAXPROCS(0), 300)
 		policy := supervisor.DefaultPolicy()
 		var chans []acquisition.Options
 		for i := range cfg.Channels {
@@ -137,7 +139,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 			prefix := "voltage/channels/" + strconv.FormatUint(uint64(ch.ID), 10)
 			chans = append(chans, acquisition.Options{
 				Channel: ch, Node: cfg.Node.Name, Sink: writer, Log: log, Metrics: am,
-				Supervisor: strategy("point"),
+				Supervisor: strategy("point"), Dispatcher: dispatcher,
 				Restarts:   func(uint32) int { return stats.For(prefix) + stats.Under(prefix+"/") },
 				ReconnectDelay: func(k int) time.Duration {
 					return policy.Delay(k, rand.Float64())
@@ -166,6 +168,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 				log.Warn("actors did not stop in time", "err", err)
 			}
 			system.Shutdown()
+			dispatcher.Stop()
 		})
 		return nil
 	}); err != nil {

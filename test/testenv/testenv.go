@@ -36,12 +36,20 @@ func Eventually(t testing.TB, d time.Duration, cond func() bool, msg string, arg
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freePort()
 	if err != nil {
 		t.Fatalf("free port: %v", err)
 	}
+	return p
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // Redis is a redis-server process owned by one test.
@@ -75,19 +83,32 @@ func StartRedis(t testing.TB) *Redis {
 	if RedisServerPath() == "" {
 		t.Skip("redis-server not on PATH: install the Debian package redis-server (.ci/run does)")
 	}
-	r := &Redis{t: t, dir: t.TempDir()}
-	var err error
-	for attempt := 0; attempt < 5; attempt++ {
-		r.Port = FreePort(t)
-		if err = r.start(); err == nil {
-			break
-		}
-	}
+	r, err := StartRedisServer(t.TempDir())
 	if err != nil {
 		t.Fatalf("start redis-server: %v", err)
 	}
+	r.t = t
 	t.Cleanup(r.Stop)
 	return r
+}
+
+// StartRedisServer starts a redis-server with its files in dir, outside a
+// test (benchmark harnesses). The caller stops it.
+func StartRedisServer(dir string) (*Redis, error) {
+	if RedisServerPath() == "" {
+		return nil, fmt.Errorf("redis-server not on PATH (Debian package redis-server)")
+	}
+	r := &Redis{dir: dir}
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		if r.Port, err = freePort(); err != nil {
+			return nil, err
+		}
+		if err = r.start(); err == nil {
+			return r, nil
+		}
+	}
+	return nil, err
 }
 
 func (r *Redis) start() error {
@@ -131,9 +152,9 @@ func (r *Redis) kill() {
 	<-r.done
 }
 
-// Restart starts the server again on the same port, empty.
+// Restart starts the server again on the same port, empty. Started by
+// StartRedis, a failure fails the test.
 func (r *Redis) Restart() {
-	r.t.Helper()
 	r.Stop()
 	var err error
 	for attempt := 0; attempt < 50; attempt++ { // the port may linger briefly
@@ -142,7 +163,11 @@ func (r *Redis) Restart() {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	r.t.Fatalf("restart redis-server on %s: %v", r.Addr(), err)
+	if r.t != nil {
+		r.t.Helper()
+		r.t.Fatalf("restart redis-server on %s: %v", r.Addr(), err)
+	}
+	panic(fmt.Sprintf("restart redis-server on %s: %v", r.Addr(), err))
 }
 
 // pingRedis speaks just enough RESP to see that the server answers.

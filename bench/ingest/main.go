@@ -1,0 +1,177 @@
+// Command ingest measures sustained point updates per second from the
+// virtual driver through channel, device and point actors into a real
+// redis-server (pipelined HSET of the value/ts/q hashes + PUBLISH
+// point:update), next to redis-benchmark -P 16 PUBLISH on the same machine.
+//
+//	go run ./bench/ingest [-points 20000] [-channels 20] [-interval 50ms] [-duration 10s]
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/voltage-ems/voltage/actors/acquisition"
+	"github.com/voltage-ems/voltage/actors/node"
+	"github.com/voltage-ems/voltage/actors/redisbus"
+	"github.com/voltage-ems/voltage/config"
+	"github.com/voltage-ems/voltage/drivers"
+	_ "github.com/voltage-ems/voltage/drivers/virtual"
+	"github.com/voltage-ems/voltage/messages"
+	"github.com/voltage-ems/voltage/supervisor"
+	"github.com/voltage-ems/voltage/test/testenv"
+)
+
+func main() {
+	points := flag.Int("points", 20000, "points in all")
+	channels := flag.Int("channels", 20, "virtual channels (points are spread evenly)")
+	interval := flag.Duration("interval", 50*time.Millisecond, "poll interval of every channel")
+	duration := flag.Duration("duration", 10*time.Second, "measurement time after warm-up")
+	skipRB := flag.Bool("skip-redis-benchmark", false, "do not run redis-benchmark")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the measurement to `file`")
+	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "ingest:", err)
+			os.Exit(1)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "ingest:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if err := run(*points, *channels, *interval, *duration, *skipRB); err != nil {
+		fmt.Fprintln(os.Stderr, "ingest:", err)
+		os.Exit(1)
+	}
+}
+
+func run(points, channels int, interval, duration time.Duration, skipRB bool) error {
+	dir, err := os.MkdirTemp("", "voltage-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	r, err := testenv.StartRedisServer(dir)
+	if err != nil {
+		return err
+	}
+	defer r.Stop()
+	fmt.Printf("machine: %s, %d CPUs, GOMAXPROCS %d, %s\n", cpuModel(), runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
+
+	if !skipRB {
+		rate, err := redisBenchmark(r)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("redis-benchmark -P 16 PUBLISH point:update <120-byte payload>: %.0f requests/s\n", rate)
+		fmt.Printf("target: min(250000, 30%% of that = %.0f) = %.0f updates/s\n", 0.3*rate, min(250000, 0.3*rate))
+	}
+
+	ro, _ := redis.ParseURL(r.URL())
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	w := redisbus.NewWriter(ro, redisbus.WriterOptions{Node: "bench", Log: log})
+	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return log }))
+	strategy := supervisor.NewStrategy(supervisor.DefaultPolicy(), nil)
+	dispatcher := node.NewPoolDispatcher(runtime.GOMAXPROCS(0)*2, 300)
+	var chans []acquisition.Options
+	per := points / channels
+	for c := 0; c < channels; c++ {
+		ch := &config.Channel{ID: uint32(100 + c), Name: "bench", Protocol: config.ProtocolVirtual, PollInterval: interval}
+		for p := 0; p < per; p++ {
+			lo, hi := 0.0, 1000.0
+			ch.Points = append(ch.Points, config.Point{ID: uint32(p + 1), Type: messages.Measurement,
+				Signal: "random_walk", Min: &lo, Max: &hi, Period: time.Minute, BitPosition: -1, Scale: 1})
+		}
+		chans = append(chans, acquisition.Options{Channel: ch, Node: "bench", Sink: w, Log: log, Supervisor: strategy,
+			NewDriver: drivers.New, Dispatcher: dispatcher})
+	}
+	root, err := sys.Root.SpawnNamed(node.NewRootProps([]node.Child{
+		{Name: "redis-writer", Props: actor.PropsFromProducer(func() actor.Actor { return &redisbus.WriterActor{W: w} })},
+		{Name: "channels", Props: acquisition.NewChannelsProps(chans, strategy)},
+	}, strategy), "voltage")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = sys.Root.PoisonFuture(root).Wait() }()
+
+	offered := float64(per*channels) / interval.Seconds()
+	fmt.Printf("load: %d points in %d virtual channels polled every %v (random walk, every sample changes): %.0f samples/s offered\n",
+		per*channels, channels, interval, offered)
+	time.Sleep(3 * time.Second) // warm-up
+	n0, t0 := w.Published(), time.Now()
+	var cpu0 = cpuTime()
+	maxDepth := 0
+	for time.Since(t0) < duration {
+		time.Sleep(250 * time.Millisecond)
+		maxDepth = max(maxDepth, w.QueueDepth())
+	}
+	n1, el := w.Published(), time.Since(t0)
+	cpu := cpuTime() - cpu0
+	rate := float64(n1-n0) / el.Seconds()
+	rdb := redis.NewClient(ro)
+	defer rdb.Close()
+	fmt.Printf("ingest: %.0f updates/s into Redis (HSET x3 + PUBLISH each) over %v; writer queue max %d; voltage CPU %.0f%% of one core\n",
+		rate, el.Round(time.Millisecond), maxDepth, 100*cpu.Seconds()/el.Seconds())
+	fmt.Printf("redis: %d fields in comsrv:100:m\n", rdb.HLen(context.Background(), "comsrv:100:m").Val())
+	return nil
+}
+
+var rpsRE = regexp.MustCompile(`([0-9.]+) requests per second`)
+
+func redisBenchmark(r *testenv.Redis) (float64, error) {
+	payload := `{"channel_id":1001,"point_type":"m","point_id":10001,"value":230.5,"timestamp":1764090000000,"quality":"good","node":"sub-a"}`
+	out, err := exec.Command("redis-benchmark", "-h", "127.0.0.1", "-p", strconv.Itoa(r.Port),
+		"-P", "16", "-n", "2000000", "-q", "PUBLISH", "point:update", payload).CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("redis-benchmark: %v: %s", err, out)
+	}
+	m := rpsRE.FindAllStringSubmatch(string(out), -1)
+	if len(m) == 0 {
+		return 0, fmt.Errorf("redis-benchmark output not understood: %s", out)
+	}
+	return strconv.ParseFloat(m[len(m)-1][1], 64)
+}
+
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return runtime.GOARCH
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "model name") {
+			_, v, _ := strings.Cut(l, ":")
+			return strings.TrimSpace(v)
+		}
+	}
+	return runtime.GOARCH
+}
+
+// cpuTime is this process's user+system CPU time from /proc/self/stat.
+func cpuTime() time.Duration {
+	b, err := os.ReadFile(filepath.Join("/proc", "self", "stat"))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100
+}
