@@ -433,12 +433,16 @@ func parseModbus(r *row, p *Point, protocol string) {
 	if p.Reverse && dtOK && p.DataType != Bool {
 		r.errorf("reverse", "applies only to data_type bool, not %s", p.DataType)
 	}
-	if typeOK && (p.Min != nil || p.Max != nil) && (p.Type == messages.Measurement || p.Type == messages.Signal) {
+	// min and max bound the values written to c and a points; on m points
+	// they are the expected range of a measurement: the simulator's waveform
+	// range (and later the dashboard's scale); values outside are still
+	// published. Signals have no range.
+	if typeOK && (p.Min != nil || p.Max != nil) && p.Type == messages.Signal {
 		col := "min"
 		if p.Min == nil {
 			col = "max"
 		}
-		r.errorf(col, "min and max bound written values; they apply to c and a points, not %s", p.Type)
+		r.errorf(col, "min and max apply to m points (expected range) and c and a points (write bounds), not %s", p.Type)
 	}
 	if minOK && maxOK && p.Min != nil && p.Max != nil && *p.Min > *p.Max {
 		r.errorf("max", "max %s is less than min %s", r.cell("max"), r.cell("min"))

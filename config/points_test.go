@@ -84,7 +84,9 @@ func TestParsePointsModbusErrors(t *testing.T) {
 	// min, max
 	f("1,a,,,1,16,0,int16,,,,,,,10,5", `p.csv:3: max: max 5 is less than min 10`)
 	f("1,a,,,1,16,0,int16,,,,,,,x,", `p.csv:3: min: want a finite number, got "x"`)
-	f("1,m,,,1,3,0,int16,,,,,,,0,10", `p.csv:3: min: min and max bound written values; they apply to c and a points, not m`)
+	f("1,s,,,1,3,0,bool,,2,,,,,0,1", `p.csv:3: min: min and max apply to m points (expected range) and c and a points (write bounds), not s`)
+	f("1,s,,,1,1,0,bool,,,,,,,,1", `p.csv:3: max: min and max apply to m points (expected range) and c and a points (write bounds), not s`)
+	f("1,m,,,1,3,0,int16,,,0.1,,,,50.1,49.9", `p.csv:3: max: max 49.9 is less than min 50.1`)
 	// row shape
 	f("1,m,,,1,3", `p.csv:3: row has 6 fields, the header has 16`)
 	f(`1,m,"unterminated,,1,3,0,uint16,,,,,,,,`, `p.csv:3: row has 3 fields, the header has 16`)
@@ -100,19 +102,21 @@ func TestParsePointsRTUSlaveID(t *testing.T) {
 func TestParsePointsValid(t *testing.T) {
 	// Rows that must be accepted, each alone.
 	for _, row := range []string{
-		"1,m,,,1,3,0,float32,cdab,,,,,,,",   // byte order any case
-		"1,m,,,1,3,0,int16,ABCD,,,,,,,",     // ABCD on 16 bits is harmless
-		"1,s,,,1,3,0,uint16,,,,,,,,",        // s with a non-bool type: value != 0
-		"1,s,,,1,3,0,bool,,,,,,,,",          // bool from a whole register
-		"1,s,,,1,4,0,bool,,15,,,,,,",        // a bit of an input register
-		"1,c,,,1,6,0,bool,,0,,,,,,",         // fc 6 with a bit
-		"1,c,,,1,6,0,int16,,,,,,,,",         // fc 6 with 16 bits
-		"1,a,,,1,16,0,float64,DCBA,,,,,,,",  // fc 16 with anything
-		"1,c,,,1,16,0,bool,,2,,,,,,",        // fc 16 with a bit
-		"1,c,,,1,15,0,,,,,,,,,",             // empty data_type on a coil: bool
-		"1,s,,,0,2,65535,bool,,,,,,no,,",    // slave 0, last address
-		"1,a,,,1,16,0x10,int16,,,0.1,,,,0,", // hex address, only a min
-		"1,T,,,1,3,0,int16,,,,,,,,",         // T = m
+		"1,m,,,1,3,0,float32,cdab,,,,,,,",     // byte order any case
+		"1,m,,,1,3,0,int16,ABCD,,,,,,,",       // ABCD on 16 bits is harmless
+		"1,s,,,1,3,0,uint16,,,,,,,,",          // s with a non-bool type: value != 0
+		"1,s,,,1,3,0,bool,,,,,,,,",            // bool from a whole register
+		"1,s,,,1,4,0,bool,,15,,,,,,",          // a bit of an input register
+		"1,c,,,1,6,0,bool,,0,,,,,,",           // fc 6 with a bit
+		"1,c,,,1,6,0,int16,,,,,,,,",           // fc 6 with 16 bits
+		"1,a,,,1,16,0,float64,DCBA,,,,,,,",    // fc 16 with anything
+		"1,c,,,1,16,0,bool,,2,,,,,,",          // fc 16 with a bit
+		"1,c,,,1,15,0,,,,,,,,,",               // empty data_type on a coil: bool
+		"1,s,,,0,2,65535,bool,,,,,,no,,",      // slave 0, last address
+		"1,a,,,1,16,0x10,int16,,,0.1,,,,0,",   // hex address, only a min
+		"1,m,,,1,3,0,int16,,,0.1,,,,-200,200", // expected range of a measurement
+		"1,m,,,1,4,0,uint16,,,,,,,,100",       // only a max
+		"1,T,,,1,3,0,int16,,,,,,,,",           // T = m
 		"1,adjustment,,,1,16,0,int16,,,,,,,,",
 		" 1 , m , v , V , 1 , 3 , 0 , int16 ,,,,,,,,", // spaces trimmed
 	} {
@@ -139,7 +143,8 @@ func TestParsePointsFields(t *testing.T) {
 	pts, errs := parseCSV(t, ProtocolModbusTCP, modbusHeader+
 		"10001,m,voltage_a,V,2,4,0x20,INT32,badc,,0.1,-5,0.5,,,\n"+
 		"20001,s,breaker,,1,3,7,bool,,12,,,,yes,,\n"+
-		"1,a,p_set,kW,1,16,100,float32,,,1,0,0,,-500,500\n")
+		"1,a,p_set,kW,1,16,100,float32,,,1,0,0,,-500,500\n"+
+		"10006,m,frequency,Hz,1,4,1,uint16,,,0.01,0,0.01,,49.9,50.1\n")
 	if len(errs) != 0 {
 		t.Fatal(errs)
 	}
@@ -153,6 +158,10 @@ func TestParsePointsFields(t *testing.T) {
 	}
 	if p := pts[2]; p.Min == nil || *p.Min != -500 || p.Max == nil || *p.Max != 500 || p.Type != messages.Adjustment {
 		t.Errorf("point 2 = %+v", p)
+	}
+	// On a measurement, min and max are its expected range.
+	if p := pts[3]; p.Min == nil || *p.Min != 49.9 || p.Max == nil || *p.Max != 50.1 || p.Type != messages.Measurement || p.Line != 5 {
+		t.Errorf("point 3 = %+v", p)
 	}
 }
 

@@ -155,7 +155,9 @@ type Point struct {
 	Offset       float64
 	Deadband     float64
 	Reverse      bool
-	// Min and Max bound setpoints of adjustment points (optional columns);
+	// Min and Max (optional columns) bound the values written to c and a
+	// points; on m points they are the expected range of the measurement
+	// (the simulator's waveform range; values outside are still published);
 	// for virtual points they are the signal range.
 	Min, Max *float64
 

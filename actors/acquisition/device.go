@@ -39,7 +39,7 @@ type deviceActor struct {
 	spec      *channelSpec
 	indexes   []int // channel point indexes of this device, in order
 	points    map[int]*actor.PID
-	pointProp func(index int) *actor.Props
+	pointProp *actor.Props
 }
 
 func (d *deviceActor) Receive(ctx actor.Context) {
@@ -47,9 +47,8 @@ func (d *deviceActor) Receive(ctx actor.Context) {
 	case *actor.Started:
 		d.points = make(map[int]*actor.PID, len(d.indexes))
 		for _, i := range d.indexes {
-			p := &d.spec.ch.Points[i]
-			name := p.Type.String() + ":" + strconv.FormatUint(uint64(p.ID), 10)
-			pid, err := ctx.SpawnNamed(d.pointProp(i), name)
+			name := pointName(&d.spec.ch.Points[i])
+			pid, err := ctx.SpawnNamed(d.pointProp, name)
 			if err != nil {
 				panic("spawn point actor " + name + ": " + err.Error())
 			}
@@ -87,21 +86,27 @@ func (d *deviceActor) Receive(ctx actor.Context) {
 
 // pointActor applies change detection to one point's samples.
 type pointActor struct {
+	spec *channelSpec
 	st   pointState
-	sink Sink
 	out  messages.PointUpdate // reused: a local handed to the Sink interface would escape to the heap
 }
 
 func (p *pointActor) Receive(ctx actor.Context) {
 	var ok bool
 	switch m := ctx.Message().(type) {
+	case *actor.Started:
+		pt, found := p.spec.pointByName(ctx.Self().Id)
+		if !found {
+			panic("point actor " + ctx.Self().Id + ": no such point in channel " + strconv.FormatUint(uint64(p.spec.ch.ID), 10))
+		}
+		p.st = newPointState(pt.Key(p.spec.ch.ID), p.spec.node, pt.Deadband)
 	case *pointSample:
 		if p.out, ok = p.st.sample(m.value, m.quality, m.ts); ok {
-			p.sink.Publish(&p.out)
+			p.spec.opt.Sink.Publish(&p.out)
 		}
 	case *pointMark:
 		if p.out, ok = p.st.mark(m.quality, m.ts); ok {
-			p.sink.Publish(&p.out)
+			p.spec.opt.Sink.Publish(&p.out)
 		}
 	case *messages.GetPoint:
 		ctx.Respond(&messages.PointValue{Key: p.st.key, Found: p.st.has, Value: p.st.value,

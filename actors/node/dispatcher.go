@@ -21,10 +21,15 @@ type PoolDispatcher struct {
 	wg         sync.WaitGroup
 }
 
+// queueSize holds a whole poll burst of a large node (every point actor's
+// mailbox scheduled at once) so the fallback goroutines, each growing its
+// own stack, stay the exception. 1 MiB of queue.
+const queueSize = 1 << 17
+
 // NewPoolDispatcher starts workers goroutines; throughput is how many
 // messages a mailbox processes before yielding its worker.
 func NewPoolDispatcher(workers, throughput int) *PoolDispatcher {
-	d := &PoolDispatcher{work: make(chan func(), 4096), throughput: throughput}
+	d := &PoolDispatcher{work: make(chan func(), queueSize), throughput: throughput}
 	d.wg.Add(workers)
 	for i := 0; i < workers; i++ {
 		go func() {

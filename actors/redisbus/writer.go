@@ -303,9 +303,33 @@ func (w *Writer) flush(ctx context.Context) error {
 	return nil
 }
 
-// write sends one pipeline: HSETs for hashOnly (state rewrite, no publish),
-// then for each update in pubs its HSETs and a PUBLISH, in order.
+// maxPipeline bounds the updates of one pipeline, so a large backlog (the
+// first poll of 100,000 points, a replay) neither holds a huge buffer nor
+// stalls Redis for other clients.
+const maxPipeline = 5000
+
+// write sends hashOnly (state rewrite, no publish) and then pubs (HSETs and
+// a PUBLISH each, in order) in pipelines of at most maxPipeline updates.
 func (w *Writer) write(ctx context.Context, pubs, hashOnly []messages.PointUpdate) error {
+	for len(hashOnly) > 0 {
+		n := min(len(hashOnly), maxPipeline)
+		if err := w.writeChunk(ctx, nil, hashOnly[:n]); err != nil {
+			return err
+		}
+		hashOnly = hashOnly[n:]
+	}
+	for len(pubs) > 0 {
+		n := min(len(pubs), maxPipeline)
+		if err := w.writeChunk(ctx, pubs[:n], nil); err != nil {
+			return err
+		}
+		pubs = pubs[n:]
+	}
+	return nil
+}
+
+// writeChunk sends one pipeline.
+func (w *Writer) writeChunk(ctx context.Context, pubs, hashOnly []messages.PointUpdate) error {
 	start := time.Now()
 	e := &w.enc
 	e.reset()

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -43,6 +44,9 @@ func main() {
 	skipRB := flag.Bool("skip-redis-benchmark", false, "do not run redis-benchmark")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the measurement to `file`")
 	flag.Parse()
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(50) // as `voltage run` does
+	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {

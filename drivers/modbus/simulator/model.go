@@ -4,10 +4,11 @@
 //
 // Each slave id that appears in the table gets four tables: coils, discrete
 // inputs, holding and input registers. Measurement points move along a sine
-// wave, signal points toggle slowly, control and adjustment points hold
-// what was last written. Values are encoded with the point's data type,
-// byte order, scale and offset (the same codec the driver decodes with), so
-// a driver reads sensible engineering values.
+// wave (inside their min..max when the table gives both), signal points
+// toggle slowly, control and adjustment points hold what was last written.
+// Values are encoded with the point's data type, byte order, scale and
+// offset (the same codec the driver decodes with), so a driver reads
+// sensible engineering values.
 //
 // For tests, a slave can be made silent (SetSlaveDown) or answer with an
 // exception (SetException), values can be frozen, read and set directly,
@@ -168,12 +169,15 @@ func (s *Simulator) span(i int) (tab, addr, n int) {
 }
 
 // wave is the value of point i at time t since the start. Measurements
-// follow base + amp*sin(2*pi*t/period + phase), where base is 100 + 10*(id
-// mod 50) and amp a tenth of it, period 30 s + 5 s * (id mod 7) and phase
-// from id mod 13; when that range does not fit the data type (after scale
-// and offset), the wave is centred in the type's range with amplitude a
-// tenth of it. Signals are (id + t/period) mod 2 with period 5 s + 1 s *
-// (id mod 5). The second result says whether the point moves.
+// follow base + amp*sin(2*pi*t/period + phase), with period 30 s + 5 s *
+// (id mod 7) and phase from id mod 13. A measurement with both Min and Max
+// (its expected range) is centred at (min+max)/2 with amp 0.4*(max-min), so
+// it stays inside the range; the value is still clamped to the data type's
+// range (after scale and offset). Without them, base is 100 + 10*(id mod
+// 50) and amp a tenth of it; when that does not fit the data type, the wave
+// is centred in the type's range with amplitude a tenth of it. Signals are
+// (id + t/period) mod 2 with period 5 s + 1 s * (id mod 5). The second
+// result says whether the point moves.
 func (s *Simulator) wave(i int, t time.Duration) (float64, bool) {
 	p := &s.points[i]
 	c := &s.codecs[i]
@@ -182,16 +186,22 @@ func (s *Simulator) wave(i int, t time.Duration) (float64, bool) {
 		period := 5 + float64(p.ID%5)
 		return float64((int64(p.ID) + int64(sec/period)) % 2), p.Type == messages.Signal || p.Type == messages.Measurement
 	}
+	period := 30 + 5*float64(p.ID%7)
+	phase := 2 * math.Pi * float64(p.ID%13) / 13
+	sin := math.Sin(2*math.Pi*sec/period + phase)
+	lo, hi := c.Range()
+	if p.Type == messages.Measurement && p.Min != nil && p.Max != nil {
+		base := *p.Min/2 + *p.Max/2
+		amp := 0.4 * (*p.Max - *p.Min)
+		return min(max(base+amp*sin, lo), hi), true
+	}
 	base := 100 + 10*float64(p.ID%50)
 	amp := base / 10
-	lo, hi := c.Range()
 	if base-amp < lo || base+amp > hi {
 		base = lo/2 + hi/2
 		amp = (hi - lo) / 10
 	}
-	period := 30 + 5*float64(p.ID%7)
-	phase := 2 * math.Pi * float64(p.ID%13) / 13
-	return base + amp*math.Sin(2*math.Pi*sec/period+phase), true
+	return base + amp*sin, true
 }
 
 // now is the simulator's clock: wall time, or the instant of Freeze.

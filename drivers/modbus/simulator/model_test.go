@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"testing"
 	"time"
@@ -305,4 +306,65 @@ func FuzzParseRTURequest(f *testing.F) {
 			t.Fatalf("response % x has a bad crc", resp)
 		}
 	})
+}
+
+// freezeAt freezes the simulator's clock at d after its start.
+func freezeAt(s *Simulator, d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.frozen, s.frozenAt = true, s.start.Add(d)
+}
+
+func TestWaveWithinMinMax(t *testing.T) {
+	rng := func(p config.Point, lo, hi float64) config.Point { p.Min, p.Max = &lo, &hi; return p }
+	m := func(id uint32, fc uint8, addr uint16, dt config.DataType, scale float64) config.Point {
+		return config.Point{ID: id, Type: messages.Measurement, SlaveID: 1, FunctionCode: fc, Address: addr,
+			DataType: dt, ByteOrder: config.ABCD, BitPosition: -1, Scale: scale}
+	}
+	points := []config.Point{
+		rng(m(10001, 3, 0, config.Float32, 1), 220, 240),
+		rng(m(10003, 3, 2, config.Float32, 1), -200, 200),
+		rng(m(10005, 4, 0, config.Int16, 0.1), 25, 45),
+		rng(m(10006, 4, 1, config.Uint16, 0.01), 49.9, 50.1),
+		rng(m(10103, 3, 4, config.Int32, 0.01), -150, 150),
+		rng(m(7, 4, 2, config.Uint16, 1), -100, 100), // half outside the type: clamped to 0
+		m(10002, 3, 6, config.Float32, 1),            // no range: base 100 + 10*(id mod 50)
+	}
+	s, err := New(points)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type span struct{ lo, hi float64 }
+	seen := make([]span, len(points))
+	for i := range seen {
+		seen[i] = span{math.Inf(1), math.Inf(-1)}
+	}
+	// Every 0.7 s over two minutes: more than a period of every point.
+	for d := time.Duration(0); d <= 2*time.Minute; d += 700 * time.Millisecond {
+		freezeAt(s, d)
+		for i := range points {
+			v, err := s.Value(i)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen[i].lo, seen[i].hi = min(seen[i].lo, v), max(seen[i].hi, v)
+		}
+	}
+	for i, p := range points[:5] {
+		lo, hi := *p.Min, *p.Max
+		if seen[i].lo < lo || seen[i].hi > hi {
+			t.Errorf("point %d: values %v..%v outside its range %v..%v", p.ID, seen[i].lo, seen[i].hi, lo, hi)
+		}
+		// The wave sweeps 0.4 of the width either side of the centre.
+		if w := seen[i].hi - seen[i].lo; w < 0.7*(hi-lo) {
+			t.Errorf("point %d: values %v..%v barely move in %v..%v", p.ID, seen[i].lo, seen[i].hi, lo, hi)
+		}
+	}
+	if got := seen[5]; got.lo != 0 || got.hi < 79 || got.hi > 80 {
+		t.Errorf("uint16 with range -100..100: values %v..%v, want 0..80", got.lo, got.hi)
+	}
+	// id 10002: base 120, amplitude 12.
+	if got := seen[6]; got.lo < 108 || got.hi > 132 || got.hi-got.lo < 20 {
+		t.Errorf("point without a range: values %v..%v, want within 108..132", got.lo, got.hi)
+	}
 }
