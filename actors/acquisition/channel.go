@@ -31,8 +31,9 @@ type Options struct {
 	Supervisor actor.SupervisorStrategy
 	// PointMiddleware wraps every point actor's Receive (metrics, tests).
 	PointMiddleware []actor.ReceiverMiddleware
-	// Restarts reports restarts of this channel's actors for its status.
-	Restarts func(channel uint32) int
+	// Restarts returns the restarts of the actor with this PID id and of
+	// every actor below it (supervisor.Stats.Under), for the channel status.
+	Restarts func(pidID string) int
 	// ReconnectDelay gives the wait before connect attempt n (n >= 1) after
 	// a failure. Default: 100 ms doubling to 30 s with 10 % jitter.
 	ReconnectDelay func(n int) time.Duration
@@ -155,6 +156,7 @@ type channelActor struct {
 	lastRefresh []int64 // ms of the last sample of each point
 	stale       []bool
 
+	pid     string // own PID id, the root of this channel's actors
 	status  messages.ChannelStatus
 	timers  [timerKinds]*time.Timer
 	cancel  context.CancelFunc
@@ -217,6 +219,7 @@ func (c *channelActor) internal(ctx actor.Context, msg any) {
 func (c *channelActor) start(ctx actor.Context) {
 	ch := c.spec.ch
 	self, root := ctx.Self(), ctx.ActorSystem().Root
+	c.pid = self.Id
 	c.sendTo = func(msg any) { root.Send(self, msg) }
 	c.ctxIO, c.cancel = context.WithCancel(context.Background())
 	c.status = messages.ChannelStatus{ID: ch.ID, Name: ch.Name, Protocol: ch.Protocol, Points: len(ch.Points)}
@@ -488,7 +491,7 @@ func (c *channelActor) checkStale(ctx actor.Context) {
 func (c *channelActor) statusNow() *messages.ChannelStatus {
 	s := c.status
 	if c.spec.opt.Restarts != nil {
-		s.Restarts = c.spec.opt.Restarts(c.spec.ch.ID)
+		s.Restarts = c.spec.opt.Restarts(c.pid)
 	}
 	return &s
 }

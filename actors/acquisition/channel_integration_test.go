@@ -105,6 +105,9 @@ channels:
 	if n := h.stats.Total(); n != 2 {
 		t.Fatalf("total restarts = %d, want 2 (only the victim)", n)
 	}
+	if n := h.status(t, 6).Restarts; n != 2 {
+		t.Fatalf("channel status shows %d restarts, want the victim's 2", n)
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	gap1, gap2 := resumeAt[0].Sub(panicAt[0]), resumeAt[1].Sub(panicAt[1])

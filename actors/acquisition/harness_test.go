@@ -67,7 +67,7 @@ func startNode(t *testing.T, cfg *config.Config, url string, mw ...actor.Receive
 	for i := range cfg.Channels {
 		ch := &cfg.Channels[i]
 		chans = append(chans, acquisition.Options{Channel: ch, Node: "test", Sink: h.writer,
-			Supervisor: strategy, PointMiddleware: mw,
+			Supervisor: strategy, PointMiddleware: mw, Restarts: h.stats.Under,
 			ReconnectDelay: func(int) time.Duration { return 50 * time.Millisecond }})
 	}
 	props := node.NewRootProps([]node.Child{

@@ -13,7 +13,6 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -146,11 +145,10 @@ func (n *nodeRun) run(ctx context.Context) error {
 			if ch.Protocol == config.ProtocolCompute {
 				continue
 			}
-			prefix := "voltage/channels/" + strconv.FormatUint(uint64(ch.ID), 10)
 			chans = append(chans, acquisition.Options{
 				Channel: ch, Node: cfg.Node.Name, Sink: writer, Log: log, Metrics: am,
 				Supervisor: strategy("point"), Dispatcher: dispatcher,
-				Restarts: func(uint32) int { return stats.For(prefix) + stats.Under(prefix+"/") },
+				Restarts: stats.Under,
 				ReconnectDelay: func(k int) time.Duration {
 					return policy.Delay(k, rand.Float64())
 				},
