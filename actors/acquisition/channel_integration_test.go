@@ -12,6 +12,7 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 
+	"github.com/voltage-ems/voltage/config"
 	"github.com/voltage-ems/voltage/drivers/modbus/simulator"
 	"github.com/voltage-ems/voltage/messages"
 	"github.com/voltage-ems/voltage/test/testenv"
@@ -136,29 +137,10 @@ channels:
      parameters: {host: 127.0.0.1, port: %d, timeout: 200ms}}
   - {id: 11, name: virt, protocol: virtual, poll_interval: 20ms, points: v.csv}
 `, port), map[string]string{"m.csv": modbusTable, "v.csv": virtualTable})
-	sim, err := simulator.New(cfg.Channels[0].Points)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sim.Freeze(true)
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	if _, err := sim.Serve(addr); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
+	sim, addr := serveFrozen(t, cfg.Channels[0].Points, port)
 	h := startNode(t, cfg, r.URL())
-
 	keys := []messages.PointKey{pk(10, 'm', 1), pk(10, 'm', 2), pk(10, 'm', 3), pk(10, 's', 1)}
-	matchesDevice := func() bool {
-		for i, k := range keys {
-			want, _ := sim.Value(i)
-			got, ok := h.value(k)
-			if !ok || math.Abs(got-want) > 1e-6*math.Max(1, math.Abs(want)) || h.hget(k, ":q") != "good" {
-				return false
-			}
-		}
-		return true
-	}
+	matchesDevice := func() bool { return h.matches(sim, keys) }
 	testenv.Eventually(t, 5*time.Second, matchesDevice, "redis holds the device's values")
 	before, _ := h.value(keys[0])
 
@@ -227,27 +209,10 @@ channels:
   - {id: 12, name: pcs, protocol: modbus_tcp, poll_interval: 50ms, points: m.csv,
      parameters: {host: 127.0.0.1, port: %d, timeout: 200ms}}
 `, port), map[string]string{"m.csv": modbusTable})
-	sim, err := simulator.New(cfg.Channels[0].Points)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sim.Freeze(true)
-	if _, err := sim.Serve(net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
+	sim, _ := serveFrozen(t, cfg.Channels[0].Points, port)
 	h := startNode(t, cfg, r.URL())
 	keys := []messages.PointKey{pk(12, 'm', 1), pk(12, 'm', 2), pk(12, 'm', 3), pk(12, 's', 1)}
-	matchesDevice := func() bool {
-		for i, k := range keys {
-			want, _ := sim.Value(i)
-			got, ok := h.value(k)
-			if !ok || math.Abs(got-want) > 1e-6*math.Max(1, math.Abs(want)) || h.hget(k, ":q") != "good" {
-				return false
-			}
-		}
-		return true
-	}
+	matchesDevice := func() bool { return h.matches(sim, keys) }
 	testenv.Eventually(t, 5*time.Second, matchesDevice, "initial values")
 
 	r.Stop()
@@ -263,4 +228,33 @@ channels:
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, 5*time.Second, func() bool { v, _ := h.value(keys[0]); return v == 199 }, "updates flow after the restart")
+}
+
+// serveFrozen serves points with a simulator whose values hold still.
+func serveFrozen(t *testing.T, points []config.Point, port int) (*simulator.Simulator, string) {
+	t.Helper()
+	sim, err := simulator.New(points)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim.Freeze(true)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	if _, err := sim.Serve(addr); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	return sim, addr
+}
+
+// matches reports whether Redis holds the simulator's current value of each
+// point (keys[i] is point i of the table), with quality good.
+func (h *harness) matches(sim *simulator.Simulator, keys []messages.PointKey) bool {
+	for i, k := range keys {
+		want, _ := sim.Value(i)
+		got, ok := h.value(k)
+		if !ok || math.Abs(got-want) > 1e-6*math.Max(1, math.Abs(want)) || h.hget(k, ":q") != "good" {
+			return false
+		}
+	}
+	return true
 }

@@ -10,29 +10,19 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/asynkron/protoactor-go/actor"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/voltage-ems/voltage/actors/acquisition"
-	"github.com/voltage-ems/voltage/actors/node"
-	"github.com/voltage-ems/voltage/actors/redisbus"
-	"github.com/voltage-ems/voltage/config"
-	"github.com/voltage-ems/voltage/drivers"
-	_ "github.com/voltage-ems/voltage/drivers/virtual"
-	"github.com/voltage-ems/voltage/messages"
-	"github.com/voltage-ems/voltage/supervisor"
+	"github.com/voltage-ems/voltage/bench/benchnode"
 	"github.com/voltage-ems/voltage/test/testenv"
 )
 
@@ -67,18 +57,13 @@ func main() {
 }
 
 func run(points, channels int, interval, duration time.Duration, skipRB bool) error {
-	dir, err := os.MkdirTemp("", "voltage-bench-")
+	r, dir, err := benchnode.StartRedis()
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	r, err := testenv.StartRedisServer(dir)
-	if err != nil {
-		return err
-	}
 	defer r.Stop()
-	fmt.Printf("machine: %s, %d CPUs, GOMAXPROCS %d, %s\n", cpuModel(), runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
-
+	fmt.Printf("machine: %s\n", benchnode.Machine())
 	if !skipRB {
 		rate, err := redisBenchmark(r)
 		if err != nil {
@@ -87,34 +72,13 @@ func run(points, channels int, interval, duration time.Duration, skipRB bool) er
 		fmt.Printf("redis-benchmark -P 16 PUBLISH point:update <120-byte payload>: %.0f requests/s\n", rate)
 		fmt.Printf("target: min(250000, 30%% of that = %.0f) = %.0f updates/s\n", 0.3*rate, min(250000, 0.3*rate))
 	}
-
-	ro, _ := redis.ParseURL(r.URL())
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	w := redisbus.NewWriter(ro, redisbus.WriterOptions{Node: "bench", Log: log})
-	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return log }))
-	strategy := supervisor.NewStrategy(supervisor.DefaultPolicy(), nil)
-	dispatcher := node.NewPoolDispatcher(runtime.GOMAXPROCS(0)*2, 300)
-	var chans []acquisition.Options
-	per := points / channels
-	for c := 0; c < channels; c++ {
-		ch := &config.Channel{ID: uint32(100 + c), Name: "bench", Protocol: config.ProtocolVirtual, PollInterval: interval}
-		for p := 0; p < per; p++ {
-			lo, hi := 0.0, 1000.0
-			ch.Points = append(ch.Points, config.Point{ID: uint32(p + 1), Type: messages.Measurement,
-				Signal: "random_walk", Min: &lo, Max: &hi, Period: time.Minute, BitPosition: -1, Scale: 1})
-		}
-		chans = append(chans, acquisition.Options{Channel: ch, Node: "bench", Sink: w, Log: log, Supervisor: strategy,
-			NewDriver: drivers.New, Dispatcher: dispatcher})
-	}
-	root, err := sys.Root.SpawnNamed(node.NewRootProps([]node.Child{
-		{Name: "redis-writer", Props: actor.PropsFromProducer(func() actor.Actor { return &redisbus.WriterActor{W: w} })},
-		{Name: "channels", Props: acquisition.NewChannelsProps(chans, strategy)},
-	}, strategy), "voltage")
+	n, err := benchnode.Start(r, benchnode.Load{Points: points, Channels: channels, Interval: interval, Signal: "random_walk"})
 	if err != nil {
 		return err
 	}
-	defer func() { _ = sys.Root.PoisonFuture(root).Wait() }()
-
+	defer n.Stop()
+	w := n.Writer
+	per := points / channels
 	offered := float64(per*channels) / interval.Seconds()
 	fmt.Printf("load: %d points in %d virtual channels polled every %v (random walk, every sample changes): %.0f samples/s offered\n",
 		per*channels, channels, interval, offered)
@@ -129,7 +93,7 @@ func run(points, channels int, interval, duration time.Duration, skipRB bool) er
 	n1, el := w.Published(), time.Since(t0)
 	cpu := cpuTime() - cpu0
 	rate := float64(n1-n0) / el.Seconds()
-	rdb := redis.NewClient(ro)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr()})
 	defer rdb.Close()
 	fmt.Printf("ingest: %.0f updates/s into Redis (HSET x3 + PUBLISH each) over %v; writer queue max %d; voltage CPU %.0f%% of one core\n",
 		rate, el.Round(time.Millisecond), maxDepth, 100*cpu.Seconds()/el.Seconds())
@@ -151,20 +115,6 @@ func redisBenchmark(r *testenv.Redis) (float64, error) {
 		return 0, fmt.Errorf("redis-benchmark output not understood: %s", out)
 	}
 	return strconv.ParseFloat(m[len(m)-1][1], 64)
-}
-
-func cpuModel() string {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return runtime.GOARCH
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "model name") {
-			_, v, _ := strings.Cut(l, ":")
-			return strings.TrimSpace(v)
-		}
-	}
-	return runtime.GOARCH
 }
 
 // cpuTime is this process's user+system CPU time from /proc/self/stat.

@@ -8,7 +8,6 @@ package main
 import (
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -17,17 +16,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/asynkron/protoactor-go/actor"
-	"github.com/redis/go-redis/v9"
-
-	"github.com/voltage-ems/voltage/actors/acquisition"
-	"github.com/voltage-ems/voltage/actors/node"
-	"github.com/voltage-ems/voltage/actors/redisbus"
-	"github.com/voltage-ems/voltage/config"
+	"github.com/voltage-ems/voltage/bench/benchnode"
 	_ "github.com/voltage-ems/voltage/drivers/virtual"
-	"github.com/voltage-ems/voltage/messages"
-	"github.com/voltage-ems/voltage/supervisor"
-	"github.com/voltage-ems/voltage/test/testenv"
 )
 
 func main() {
@@ -47,44 +37,21 @@ func main() {
 }
 
 func run(points, channels int, interval, duration time.Duration, memProfile string) error {
-	dir, err := os.MkdirTemp("", "voltage-bench-")
+	r, dir, err := benchnode.StartRedis()
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	r, err := testenv.StartRedisServer(dir)
-	if err != nil {
-		return err
-	}
 	defer r.Stop()
 	rss0 := rss()
-	ro, _ := redis.ParseURL(r.URL())
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	w := redisbus.NewWriter(ro, redisbus.WriterOptions{Node: "bench", Log: log})
-	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return log }))
-	strategy := supervisor.NewStrategy(supervisor.DefaultPolicy(), supervisor.NewStats(nil))
-	dispatcher := node.NewPoolDispatcher(2*runtime.GOMAXPROCS(0), 300)
-	var chans []acquisition.Options
-	per := points / channels
 	start := time.Now()
-	for c := 0; c < channels; c++ {
-		ch := &config.Channel{ID: uint32(100 + c), Name: "bench", Protocol: config.ProtocolVirtual, PollInterval: interval}
-		for p := 0; p < per; p++ {
-			lo, hi := 0.0, 1000.0
-			ch.Points = append(ch.Points, config.Point{ID: uint32(p + 1), Type: messages.Measurement,
-				Signal: "sine", Min: &lo, Max: &hi, Period: time.Minute, BitPosition: -1, Scale: 1, Deadband: 0})
-		}
-		chans = append(chans, acquisition.Options{Channel: ch, Node: "bench", Sink: w, Log: log,
-			Supervisor: strategy, Dispatcher: dispatcher})
-	}
-	root, err := sys.Root.SpawnNamed(node.NewRootProps([]node.Child{
-		{Name: "redis-writer", Props: actor.PropsFromProducer(func() actor.Actor { return &redisbus.WriterActor{W: w} })},
-		{Name: "channels", Props: acquisition.NewChannelsProps(chans, strategy)},
-	}, strategy), "voltage")
+	n, err := benchnode.Start(r, benchnode.Load{Points: points, Channels: channels, Interval: interval, Signal: "sine"})
 	if err != nil {
 		return err
 	}
-	defer func() { _ = sys.Root.PoisonFuture(root).Wait() }()
+	defer n.Stop()
+	w := n.Writer
+	per := points / channels
 	total := per * channels
 	for w.Points() < total || w.Published() < int64(total) {
 		if time.Since(start) > 2*time.Minute {
@@ -92,7 +59,7 @@ func run(points, channels int, interval, duration time.Duration, memProfile stri
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	fmt.Printf("machine: %s, %d CPUs, %s\n", cpuModel(), runtime.NumCPU(), runtime.Version())
+	fmt.Printf("machine: %s\n", benchnode.Machine())
 	fmt.Printf("%d points (%d channels, one actor per point) all published to Redis %v after start\n",
 		total, channels, time.Since(start).Round(time.Millisecond))
 	peak := rss()
@@ -136,15 +103,4 @@ func rss() uint64 {
 		}
 	}
 	return 0
-}
-
-func cpuModel() string {
-	b, _ := os.ReadFile("/proc/cpuinfo")
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "model name") {
-			_, v, _ := strings.Cut(l, ":")
-			return strings.TrimSpace(v)
-		}
-	}
-	return runtime.GOARCH
 }

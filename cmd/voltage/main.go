@@ -16,6 +16,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/voltage-ems/voltage/config"
 	_ "github.com/voltage-ems/voltage/drivers/modbus"  // registers modbus_tcp, modbus_rtu
 	_ "github.com/voltage-ems/voltage/drivers/virtual" // registers virtual
 )
@@ -105,6 +106,24 @@ func (f *commonFlags) parse(args []string) error {
 		return usageError{"-c FILE is required"}
 	}
 	return nil
+}
+
+// load parses args, builds the logger and loads the configuration, whose
+// problems are all printed to stderr.
+func (f *commonFlags) load(args []string, stderr io.Writer) (*slog.Logger, *config.Config, error) {
+	if err := f.parse(args); err != nil {
+		return nil, nil, err
+	}
+	log, err := f.logger(stderr)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg, err := config.Load(f.config)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return nil, nil, fmt.Errorf("%s is not valid", f.config)
+	}
+	return log, cfg, nil
 }
 
 func (f *commonFlags) logger(w io.Writer) (*slog.Logger, error) {

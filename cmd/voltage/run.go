@@ -38,17 +38,9 @@ const defaultGCPercent = 50
 func cmdRun(args []string, stdout, stderr io.Writer) error {
 	f := newFlags("run", stderr)
 	simulate := f.fs.Bool("simulate", false, "also serve the config's loopback Modbus TCP devices in-process")
-	if err := f.parse(args); err != nil {
-		return err
-	}
-	log, err := f.logger(stderr)
+	log, cfg, err := f.load(args, stderr)
 	if err != nil {
 		return err
-	}
-	cfg, err := config.Load(f.config)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return fmt.Errorf("%s is not valid", f.config)
 	}
 	if os.Getenv("GOGC") == "" {
 		// As VictoriaMetrics does: trade a few percent of CPU for a heap

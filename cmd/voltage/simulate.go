@@ -18,17 +18,9 @@ import (
 // device on the channel's host and port, until interrupted.
 func cmdSimulate(args []string, stdout, stderr io.Writer) error {
 	f := newFlags("simulate", stderr)
-	if err := f.parse(args); err != nil {
-		return err
-	}
-	log, err := f.logger(stderr)
+	log, cfg, err := f.load(args, stderr)
 	if err != nil {
 		return err
-	}
-	cfg, err := config.Load(f.config)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return fmt.Errorf("%s is not valid", f.config)
 	}
 	n := &nodeRun{cfg: cfg, log: log}
 	defer n.stopAll()
