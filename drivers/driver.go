@@ -9,6 +9,7 @@ package drivers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -16,6 +17,13 @@ import (
 
 	"github.com/voltage-ems/voltage/config"
 	"github.com/voltage-ems/voltage/messages"
+)
+
+// Errors a Writer wraps when the command itself is unacceptable (the
+// channel answers such a command rejected, not failed).
+var (
+	ErrOutOfRange  = errors.New("value out of range")
+	ErrNotWritable = errors.New("point not writable")
 )
 
 // Sample is one decoded reading of one point.

@@ -42,6 +42,15 @@ type Options struct {
 	// Dispatcher runs the device and point actors' mailboxes; nil:
 	// protoactor's default (a goroutine per mailbox run).
 	Dispatcher actor.Dispatcher
+
+	// Control path. CommandSource is the Redis subscriber actor that
+	// delivers this channel's cmd:{ch}:control commands (nil: no control).
+	CommandSource *actor.PID
+	Seen          IdempotencyStore
+	Commands      CommandSink
+	// MaxQueuedCommands bounds the commands waiting for the I/O lane;
+	// default 64, more are rejected.
+	MaxQueuedCommands int
 }
 
 // channelSpec is what the channel's actors share (read-only).
@@ -94,6 +103,9 @@ func NewChannelProps(opt Options) *actor.Props {
 	}
 	if opt.ConnectTimeout <= 0 {
 		opt.ConnectTimeout = 5 * time.Second
+	}
+	if opt.MaxQueuedCommands <= 0 {
+		opt.MaxQueuedCommands = 64
 	}
 	spec := &channelSpec{ch: opt.Channel, opt: opt, node: opt.Node, index: make(map[messages.PointKey]int, len(opt.Channel.Points))}
 	for i := range opt.Channel.Points {
@@ -149,7 +161,10 @@ type channelActor struct {
 
 	epoch     uint64
 	connected bool
-	polling   bool
+	polling   bool // a Read is in flight
+	writing   bool // a command is in flight (the lane is one operation at a time)
+	pollDue   bool // a poll was due while the lane was busy
+	commands  []pendingCommand
 	failures  int
 	buf       []drivers.Sample
 
@@ -175,9 +190,13 @@ func (c *channelActor) Receive(ctx actor.Context) {
 		c.start(ctx)
 	case *actor.Stopping, *actor.Restarting:
 		c.stop()
-	case *connectTick, *connectDone, *pollTick, *pollDone, *staleTick:
+	case *connectTick, *connectDone, *pollTick, *pollDone, *staleTick, *writeDone:
 		if !c.stopped { // I/O cancelled by the stop reports back: ignore it
 			c.internal(ctx, m)
+		}
+	case *messages.ControlCommand:
+		if !c.stopped {
+			c.command(m)
 		}
 	case *messages.GetChannelStatus:
 		ctx.Respond(c.statusNow())
@@ -213,6 +232,8 @@ func (c *channelActor) internal(ctx actor.Context, msg any) {
 	case *staleTick:
 		c.checkStale(ctx)
 		c.after(timerStale, c.spec.ch.PollInterval, &staleTick{})
+	case *writeDone:
+		c.commandDone(ctx, m)
 	}
 }
 
@@ -226,6 +247,9 @@ func (c *channelActor) start(ctx actor.Context) {
 	c.lastRefresh = make([]int64, len(ch.Points))
 	c.stale = make([]bool, len(ch.Points))
 	c.spawnDevices(ctx)
+	if c.spec.opt.CommandSource != nil {
+		ctx.Request(c.spec.opt.CommandSource, &messages.SubscribeCommands{ChannelID: ch.ID})
+	}
 
 	drv, err := c.spec.opt.NewDriver(ch, c.log)
 	if err != nil {
@@ -298,6 +322,11 @@ func (c *channelActor) spawnDevices(ctx actor.Context) {
 
 func (c *channelActor) stop() {
 	c.stopped = true
+	for _, p := range c.commands { // never executed: say so rather than let them time out
+		res := messages.ResultOf(p.cmd, messages.StatusFailed, fmt.Sprintf("channel %d stopped before the command was executed", c.spec.ch.ID), time.Now())
+		c.spec.opt.Commands.CommandDone(p.cmd, &res)
+	}
+	c.commands = nil
 	for _, t := range c.timers {
 		if t != nil {
 			t.Stop()
@@ -368,6 +397,10 @@ func (c *channelActor) poll() {
 	if !c.connected || c.polling {
 		return
 	}
+	if c.writing {
+		c.pollDue = true
+		return
+	}
 	c.polling = true
 	epoch, drv, buf, ctx := c.epoch, c.drv, c.buf[:0], c.ctxIO
 	c.buf = nil // owned by the I/O goroutine until pollDone
@@ -388,12 +421,12 @@ func (c *channelActor) pollDone(ctx actor.Context, m *pollDone) {
 	c.m.pollTime.Observe(m.took.Seconds())
 	if m.err != nil {
 		c.failed(ctx, m.err)
+		c.pump() // waiting commands fail at once: not connected
 		return
 	}
-	if c.failures > 0 {
-		c.failures = 0
-	}
-	c.dispatch(ctx, m.samples, m.started.UnixMilli())
+	c.failures = 0
+	c.status.BadPoints = c.dispatch(ctx, m.samples, m.started.UnixMilli())
+	c.pump() // waiting commands go before the next poll
 	next := c.spec.ch.PollInterval - time.Since(m.started)
 	if next <= 0 {
 		c.poll()
@@ -402,8 +435,9 @@ func (c *channelActor) pollDone(ctx actor.Context, m *pollDone) {
 	c.after(timerPoll, next, &pollTick{epoch: c.epoch})
 }
 
-// dispatch sends the samples to the device actors, one batch per device.
-func (c *channelActor) dispatch(ctx actor.Context, samples []drivers.Sample, ts int64) {
+// dispatch sends the samples to the device actors, one batch per device,
+// and returns how many are not good.
+func (c *channelActor) dispatch(ctx actor.Context, samples []drivers.Sample, ts int64) int {
 	batches := make([][]pointSample, len(c.devices))
 	bad := 0
 	for _, s := range samples {
@@ -421,11 +455,77 @@ func (c *channelActor) dispatch(ctx actor.Context, samples []drivers.Sample, ts 
 			bad++
 		}
 	}
-	c.status.BadPoints = bad
 	for slot, b := range batches {
 		if len(b) > 0 {
 			ctx.Send(c.devices[slot], &deviceSamples{samples: b})
 		}
+	}
+	return bad
+}
+
+// command queues a control command for the I/O lane, or answers it at once
+// when it cannot be executed here.
+func (c *channelActor) command(cmd *messages.ControlCommand) {
+	reject := func(format string, args ...any) {
+		if c.spec.opt.Commands != nil {
+			res := messages.ResultOf(cmd, messages.StatusRejected, fmt.Sprintf(format, args...), time.Now())
+			c.spec.opt.Commands.CommandDone(cmd, &res)
+		}
+	}
+	if c.spec.opt.Seen == nil || c.spec.opt.Commands == nil {
+		c.log.Error("control command dropped: control path not wired", "id", cmd.ID)
+		return
+	}
+	if err := cmd.Validate(); err != nil {
+		reject("invalid command: %v", err)
+		return
+	}
+	idx, ok := c.spec.index[cmd.Key()]
+	if !ok {
+		reject("unknown point %s", cmd.Key())
+		return
+	}
+	if len(c.commands) >= c.spec.opt.MaxQueuedCommands {
+		reject("channel %d busy: %d commands already waiting", c.spec.ch.ID, len(c.commands))
+		return
+	}
+	c.commands = append(c.commands, pendingCommand{cmd: cmd, index: idx})
+	c.pump()
+}
+
+// pump starts the next waiting command when the I/O lane is free. The
+// write runs off the actor's goroutine and reports back with writeDone.
+func (c *channelActor) pump() {
+	if c.polling || c.writing || len(c.commands) == 0 {
+		return
+	}
+	p := c.commands[0]
+	c.commands = c.commands[1:]
+	c.writing = true
+	w, _ := c.drv.(drivers.Writer)
+	connected, lastErr := c.connected, c.status.LastError
+	if c.drv == nil {
+		connected = false
+	}
+	opt, ctx, point := c.spec.opt, c.ctxIO, &c.spec.ch.Points[p.index]
+	go func() {
+		res, rb := executeCommand(ctx, p, w, opt.Seen, opt.Commands, point, connected, lastErr, time.Now)
+		c.sendTo(&writeDone{p: p, res: res, readback: rb})
+	}()
+}
+
+// commandDone records a command's result, shows the value read back on the
+// point, and hands the lane to the next command or the due poll.
+func (c *channelActor) commandDone(ctx actor.Context, m *writeDone) {
+	c.writing = false
+	c.spec.opt.Commands.CommandDone(m.p.cmd, &m.res)
+	if m.readback != nil {
+		c.dispatch(ctx, []drivers.Sample{{Index: m.p.index, Value: *m.readback, Quality: messages.Good}}, m.res.Timestamp)
+	}
+	c.pump()
+	if !c.writing && c.pollDue {
+		c.pollDue = false
+		c.poll()
 	}
 }
 

@@ -63,15 +63,22 @@ func startNode(t *testing.T, cfg *config.Config, url string, mw ...actor.Receive
 	h := &harness{sys: actor.NewActorSystem(), stats: supervisor.NewStats(nil)}
 	h.writer = redisbus.NewWriter(ro, redisbus.WriterOptions{Node: "test", RetryMin: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond})
 	strategy := supervisor.NewStrategy(supervisor.DefaultPolicy(), h.stats)
+	h.rdb = redis.NewClient(ro)
+	seen := redisbus.NewIdempotency(h.rdb, "test")
 	var chans []acquisition.Options
 	for i := range cfg.Channels {
 		ch := &cfg.Channels[i]
 		chans = append(chans, acquisition.Options{Channel: ch, Node: "test", Sink: h.writer,
 			Supervisor: strategy, PointMiddleware: mw, Restarts: h.stats.Under,
-			ReconnectDelay: func(int) time.Duration { return 50 * time.Millisecond }})
+			ReconnectDelay: func(int) time.Duration { return 50 * time.Millisecond },
+			CommandSource:  h.sys.NewLocalPID("voltage/redis-subscriber"), Seen: seen, Commands: h.writer})
 	}
+	subProps := actor.PropsFromProducer(redisbus.NewSubscriberActor(func(deliver func([]messages.PointUpdate)) *redisbus.Subscriber {
+		return redisbus.NewSubscriber(ro, "test", deliver, nil, nil)
+	}))
 	props := node.NewRootProps([]node.Child{
 		{Name: "redis-writer", Props: actor.PropsFromProducer(func() actor.Actor { return &redisbus.WriterActor{W: h.writer} })},
+		{Name: "redis-subscriber", Props: subProps},
 		{Name: "channels", Props: acquisition.NewChannelsProps(chans, strategy)},
 	}, strategy)
 	h.root, err = h.sys.Root.SpawnNamed(props, "voltage")
@@ -83,7 +90,6 @@ func startNode(t *testing.T, cfg *config.Config, url string, mw ...actor.Receive
 		t.Fatal(err)
 	}
 	h.channels = res.(*node.ChildPID).PID
-	h.rdb = redis.NewClient(ro)
 	t.Cleanup(func() {
 		_ = h.sys.Root.PoisonFuture(h.root).Wait()
 		h.sys.Shutdown()

@@ -1,6 +1,7 @@
 package redisbus
 
 import (
+	"context"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -32,13 +33,15 @@ func (a *WriterActor) Receive(ctx actor.Context) {
 // RegisterConsumer asks the subscriber actor to deliver remote updates to PID.
 type RegisterConsumer struct{ PID *actor.PID }
 
-// SubscriberActor runs a Subscriber and fans its batches out to registered
+// SubscriberActor runs a Subscriber, fans its batches out to registered
 // consumers as *messages.PointUpdates (one shared, read-only batch per
-// delivery).
+// delivery) and routes control commands to the channel actor that
+// subscribed to them.
 type SubscriberActor struct {
 	newSub    func(deliver func([]messages.PointUpdate)) *Subscriber
 	sub       *Subscriber
 	consumers []*actor.PID
+	commands  map[uint32]*actor.PID
 }
 
 // NewSubscriberActor returns a producer for the subscriber actor. newSub
@@ -49,14 +52,18 @@ func NewSubscriberActor(newSub func(deliver func([]messages.PointUpdate)) *Subsc
 
 type remoteBatch struct{ updates []messages.PointUpdate }
 
+type remoteCommand struct{ cmd *messages.ControlCommand }
+
 // Receive implements actor.Actor.
 func (a *SubscriberActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		self, root := ctx.Self(), ctx.ActorSystem().Root
+		a.commands = map[uint32]*actor.PID{}
 		a.sub = a.newSub(func(us []messages.PointUpdate) {
 			root.Send(self, &remoteBatch{updates: append([]messages.PointUpdate(nil), us...)})
 		})
+		a.sub.OnControl(func(c *messages.ControlCommand) { root.Send(self, &remoteCommand{cmd: c}) })
 		a.sub.Start()
 	case *actor.Stopping, *actor.Restarting:
 		if a.sub != nil {
@@ -65,11 +72,31 @@ func (a *SubscriberActor) Receive(ctx actor.Context) {
 	case *RegisterConsumer:
 		a.consumers = append(a.consumers, m.PID)
 		ctx.Watch(m.PID)
+	case *messages.SubscribeCommands:
+		if ctx.Sender() == nil {
+			return
+		}
+		a.commands[m.ChannelID] = ctx.Sender()
+		ctx.Watch(ctx.Sender())
+		// Recorded by go-redis even if Redis is down now: subscribed on reconnect.
+		if err := a.sub.AddChannels(context.Background(), messages.ControlChannel(m.ChannelID)); err != nil {
+			ctx.Logger().Warn("subscribe to control channel (will retry on reconnect)", "channel", m.ChannelID, "err", err)
+		}
+	case *remoteCommand:
+		if pid := a.commands[m.cmd.ChannelID]; pid != nil {
+			ctx.Send(pid, m.cmd)
+		}
 	case *actor.Terminated:
 		for i, c := range a.consumers {
 			if c.Equal(m.Who) {
 				a.consumers = append(a.consumers[:i], a.consumers[i+1:]...)
 				break
+			}
+		}
+		for ch, pid := range a.commands {
+			if pid.Equal(m.Who) {
+				delete(a.commands, ch)
+				_ = a.sub.RemoveChannels(context.Background(), messages.ControlChannel(ch))
 			}
 		}
 	case *remoteBatch:

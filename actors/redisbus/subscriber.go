@@ -2,6 +2,7 @@ package redisbus
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"sync"
 	"time"
@@ -17,8 +18,10 @@ import (
 // re-subscribes by itself after a reconnect.
 type Subscriber struct {
 	client  *redis.Client
+	ps      *redis.PubSub
 	node    string
 	deliver func([]messages.PointUpdate)
+	control func(*messages.ControlCommand)
 	log     *slog.Logger
 	m       *Metrics
 
@@ -41,8 +44,24 @@ func NewSubscriber(ro *redis.Options, node string, deliver func([]messages.Point
 		m = NewMetrics(nil, nil)
 	}
 	c := *ro
-	return &Subscriber{client: redis.NewClient(&c), node: node, deliver: deliver, log: log, m: m,
-		done: make(chan struct{}), ready: make(chan struct{})}
+	client := redis.NewClient(&c)
+	return &Subscriber{client: client, ps: client.Subscribe(context.Background()), node: node, deliver: deliver,
+		log: log, m: m, done: make(chan struct{}), ready: make(chan struct{})}
+}
+
+// OnControl sets the function that receives control commands arriving on
+// the cmd:{ch}:control channels added with AddChannels. Call before Start.
+func (s *Subscriber) OnControl(f func(*messages.ControlCommand)) { s.control = f }
+
+// AddChannels subscribes to more Redis channels. go-redis remembers them
+// even when Redis is unreachable and subscribes again after a reconnect.
+func (s *Subscriber) AddChannels(ctx context.Context, names ...string) error {
+	return s.ps.Subscribe(ctx, names...)
+}
+
+// RemoveChannels unsubscribes from channels added with AddChannels.
+func (s *Subscriber) RemoveChannels(ctx context.Context, names ...string) error {
+	return s.ps.Unsubscribe(ctx, names...)
 }
 
 // Start subscribes and runs the receive loop until Stop. Idempotent.
@@ -70,7 +89,7 @@ func (s *Subscriber) Stop() {
 
 func (s *Subscriber) loop(ctx context.Context) {
 	defer close(s.done)
-	ps := s.client.Subscribe(ctx)
+	ps := s.ps
 	defer ps.Close()
 	// Subscribe with a confirmation so Ready means "receiving"; retry while
 	// Redis is not there yet.
@@ -123,6 +142,10 @@ func (s *Subscriber) add(batch []messages.PointUpdate, msg *redis.Message) []mes
 	if msg == nil {
 		return batch
 	}
+	if msg.Channel != UpdateChannel {
+		s.command(msg)
+		return batch
+	}
 	var u messages.PointUpdate
 	if err := u.UnmarshalJSON([]byte(msg.Payload)); err != nil {
 		s.m.ReceiveErrors.Inc()
@@ -134,4 +157,18 @@ func (s *Subscriber) add(batch []messages.PointUpdate, msg *redis.Message) []mes
 		return batch
 	}
 	return append(batch, u)
+}
+
+// command decodes a control command; validation is left to the channel,
+// which answers invalid commands with a rejected result.
+func (s *Subscriber) command(msg *redis.Message) {
+	var cmd messages.ControlCommand
+	if err := json.Unmarshal([]byte(msg.Payload), &cmd); err != nil {
+		s.m.ReceiveErrors.Inc()
+		s.log.Warn("redis subscriber: undecodable control command dropped", "channel", msg.Channel, "err", err)
+		return
+	}
+	if s.control != nil {
+		s.control(&cmd)
+	}
 }

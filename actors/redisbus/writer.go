@@ -25,6 +25,7 @@ type WriterOptions struct {
 	FlushInterval time.Duration // default 20 ms
 	FlushUpdates  int           // flush when this many updates are queued; default 1000
 	MaxQueue      int           // queued updates before coalescing to newest-per-point; default 100000
+	MaxCommands   int           // queued command results and audit entries; default 10000, oldest dropped beyond
 	RetryMin      time.Duration // first retry after a failed flush; default 100 ms
 	RetryMax      time.Duration // default 5 s
 	Log           *slog.Logger
@@ -44,6 +45,9 @@ type Writer struct {
 	dirty    map[messages.PointKey]struct{}             // changed while coalescing
 	coalesce bool                                       // Redis failing or queue overflowing
 	full     bool                                       // every point's hashes must be rewritten
+
+	commands       []commandEvent // audit entries and results, oldest first, bounded
+	droppedResults atomic.Int64
 
 	newConn atomic.Bool  // a new connection was opened: Redis may be a new, empty one
 	conns   atomic.Int64 // connections opened so far
@@ -67,6 +71,9 @@ func NewWriter(ro *redis.Options, opt WriterOptions) *Writer {
 	}
 	if opt.MaxQueue <= 0 {
 		opt.MaxQueue = 100000
+	}
+	if opt.MaxCommands <= 0 {
+		opt.MaxCommands = 10000
 	}
 	if opt.RetryMin <= 0 {
 		opt.RetryMin = 100 * time.Millisecond
@@ -140,7 +147,7 @@ func (w *Writer) Publish(u *messages.PointUpdate) {
 func (w *Writer) QueueDepth() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.pending) + len(w.dirty)
+	return len(w.pending) + len(w.dirty) + len(w.commands)
 }
 
 // Published is the number of updates written to Redis so far.
@@ -227,9 +234,18 @@ func nextRetry(cur, min, max time.Duration) time.Duration {
 	return cur
 }
 
-// flush writes what is queued. On failure nothing is lost: the batch's points
-// are marked dirty and the writer coalesces until a flush succeeds.
+// flush writes the queued point updates, then the queued command events
+// (so a write's readback value is in the hashes before its result is out).
 func (w *Writer) flush(ctx context.Context) error {
+	if err := w.flushPoints(ctx); err != nil {
+		return err
+	}
+	return w.flushCommands(ctx)
+}
+
+// flushPoints writes what is queued. On failure nothing is lost: the batch's
+// points are marked dirty and the writer coalesces until a flush succeeds.
+func (w *Writer) flushPoints(ctx context.Context) error {
 	if w.newConn.Swap(false) {
 		w.mu.Lock()
 		w.full = true

@@ -105,7 +105,14 @@ func (n *nodeRun) run(ctx context.Context) error {
 	)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	if err := n.step("redis", func() (err error) { ro, err = n.redis(); return err }); err != nil {
+	if err := n.step("redis", func() (err error) {
+		if ro, err = n.redis(); err != nil {
+			return err
+		}
+		api = redis.NewClient(ro) // API reads, idempotency checks
+		n.onStop("redis api client", func() { _ = api.Close() })
+		return nil
+	}); err != nil {
 		return err
 	}
 	if n.simulate {
@@ -129,6 +136,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 		bm := redisbus.NewMetrics(reg, func() float64 { return float64(writer.QueueDepth()) })
 		writer = redisbus.NewWriter(ro, redisbus.WriterOptions{Node: cfg.Node.Name, Log: log.With("component", "redis-writer"), Metrics: bm})
 		am := acquisition.NewMetrics(reg)
+		seen := redisbus.NewIdempotency(api, cfg.Node.Name)
 		dispatcher := node.NewPoolDispatcher(2*runtime.GOMAXPROCS(0), 300)
 		policy := supervisor.DefaultPolicy()
 		var chans []acquisition.Options
@@ -140,6 +148,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 			chans = append(chans, acquisition.Options{
 				Channel: ch, Node: cfg.Node.Name, Sink: writer, Log: log, Metrics: am,
 				Supervisor: strategy("point"), Dispatcher: dispatcher,
+				CommandSource: system.NewLocalPID("voltage/redis-subscriber"), Seen: seen, Commands: writer,
 				Restarts: stats.Under,
 				ReconnectDelay: func(k int) time.Duration {
 					return policy.Delay(k, rand.Float64())
@@ -176,8 +185,6 @@ func (n *nodeRun) run(ctx context.Context) error {
 	}
 
 	if err := n.step("http", func() error {
-		api = redis.NewClient(ro)
-		n.onStop("redis api client", func() { _ = api.Close() })
 		h := web.NewHandler(web.Deps{
 			Config: cfg, Redis: api, Gatherer: reg, Version: version, Log: log.With("component", "http"),
 			Status: func(ctx context.Context, id uint32) (*messages.ChannelStatus, error) {

@@ -6,6 +6,7 @@ import (
 	"math"
 
 	"github.com/voltage-ems/voltage/config"
+	"github.com/voltage-ems/voltage/drivers"
 )
 
 // Byte orders.
@@ -64,7 +65,7 @@ var ErrShortData = errors.New("response too short for point")
 // ErrOutOfRange is wrapped by the encoders when a value cannot be
 // represented by the point's data type (or is not 0/1 for a bool).
 // Callers can use errors.Is to report such commands as rejected.
-var ErrOutOfRange = errors.New("value out of range")
+var ErrOutOfRange = drivers.ErrOutOfRange
 
 // Codec converts between the raw registers (or bits) of one point and its
 // engineering value. It is built once per point by NewCodec; Decode does

@@ -2,8 +2,9 @@ package modbus
 
 import (
 	"context"
-	"errors"
 	"fmt"
+
+	"github.com/voltage-ems/voltage/drivers"
 )
 
 // Write sends value to the point at index and returns the value read back
@@ -31,7 +32,7 @@ func (d *Driver) Write(ctx context.Context, index int, value float64) (float64, 
 		return fmt.Errorf("channel %d slave %d: point %d: %s at %d: %w", d.ch.ID, p.SlaveID, p.ID, what, addr, err)
 	}
 	if p.FunctionCode == 2 || p.FunctionCode == 4 {
-		return 0, fail("write", p.Address, errors.New("point is read-only"))
+		return 0, fail("write", p.Address, fmt.Errorf("%w: function code %d reads only", drivers.ErrNotWritable, p.FunctionCode))
 	}
 	if p.Min != nil && value < *p.Min || p.Max != nil && value > *p.Max {
 		return 0, fail("write", p.Address, fmt.Errorf("%w: %v outside the point's min/max", ErrOutOfRange, value))

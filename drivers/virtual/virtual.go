@@ -48,8 +48,8 @@ func init() {
 // Errors wrapped by the driver's errors, for errors.Is.
 var (
 	ErrClosed      = errors.New("driver closed")
-	ErrNotWritable = errors.New("point not writable")
-	ErrOutOfRange  = errors.New("value out of range")
+	ErrNotWritable = drivers.ErrNotWritable
+	ErrOutOfRange  = drivers.ErrOutOfRange
 	ErrNoPoint     = errors.New("no such point")
 )
 

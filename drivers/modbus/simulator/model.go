@@ -56,6 +56,7 @@ type Simulator struct {
 
 	silence  time.Duration
 	requests atomic.Int64
+	writes   atomic.Int64
 
 	mu       sync.Mutex
 	slaves   map[uint8]*slave
@@ -420,6 +421,10 @@ func (s *Simulator) SetException(slaveID, code uint8) {
 // (answered or not), over all transports.
 func (s *Simulator) Requests() int64 { return s.requests.Load() }
 
+// Writes returns how many write requests (function codes 5, 6, 15, 16) the
+// simulator has executed.
+func (s *Simulator) Writes() int64 { return s.writes.Load() }
+
 // request is one decoded Modbus request.
 type request struct {
 	slave    uint8
@@ -483,11 +488,13 @@ func (s *Simulator) serve(r *request, unknownSilent bool) response {
 		if len(r.bits) != n {
 			return response{exc: ExceptionIllegalDataValue}
 		}
+		s.writes.Add(1)
 		s.write(sl, tab, a, nil, r.bits)
 	case 6, 16:
 		if len(r.regs) != n {
 			return response{exc: ExceptionIllegalDataValue}
 		}
+		s.writes.Add(1)
 		s.write(sl, tab, a, r.regs, nil)
 	}
 	return response{}
