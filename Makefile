@@ -8,6 +8,9 @@ BIN      := bin/voltage
 .PHONY: run build test test-short bench lint fmt clean
 
 run:            ## the demo: simulator, Modbus TCP channel, virtual channel, embedded Redis
+	@echo "demo operator token: demo-operator-token-0001 (config/examples/demo.yaml)"
+	@echo "try: curl -s -X POST -H 'Authorization: Bearer demo-operator-token-0001' -d '{\"value\":1,\"type\":\"c\",\"wait\":\"2s\"}' http://127.0.0.1:8080/control/1001/1"
+	@echo "     curl -s -H 'Authorization: Bearer demo-viewer-token-0001' 'http://127.0.0.1:8080/api/points?pattern=1001:m:*'"
 	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/voltage run -c config/examples/demo.yaml --simulate
 
 build:
@@ -23,6 +26,7 @@ bench:          ## benchmarks; the ingest and memory figures of the README
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./drivers/... ./messages/... ./actors/...
 	$(GO) run ./bench/ingest
 	$(GO) run ./bench/memory
+	$(GO) run ./bench/control
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi

@@ -18,7 +18,9 @@ const (
 )
 
 // ControlChannel is the Redis channel commands for channel ch are published on.
-func ControlChannel(ch uint32) string { return "cmd:" + strconv.FormatUint(uint64(ch), 10) + ":control" }
+func ControlChannel(ch uint32) string {
+	return "cmd:" + strconv.FormatUint(uint64(ch), 10) + ":control"
+}
 
 // ResultChannel is the Redis channel results of channel ch are published on.
 func ResultChannel(ch uint32) string { return "cmd:" + strconv.FormatUint(uint64(ch), 10) + ":result" }

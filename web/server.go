@@ -29,6 +29,10 @@ type Deps struct {
 	Ready   func(ctx context.Context) error
 	Version string
 	Log     *slog.Logger
+	// Context bounds the handler's background work (the subscription that
+	// delivers command results to waiting requests); cancel it when the
+	// node stops. Nil: context.Background(), for the life of the process.
+	Context context.Context
 }
 
 // NewHandler builds the gin engine with every route.
@@ -37,7 +41,13 @@ func NewHandler(d Deps) http.Handler {
 	if d.Log == nil {
 		d.Log = slog.Default()
 	}
-	s := &server{d: d, points: newPointIndex(d.Config)}
+	if d.Context == nil {
+		d.Context = context.Background()
+	}
+	s := &server{d: d, points: newPointIndex(d.Config), auth: newAuthenticator(d.Config.Auth.Tokens)}
+	if d.Redis != nil {
+		s.results = newResultWaiter(d.Context, d.Redis, d.Log)
+	}
 	r := gin.New()
 	r.Use(gin.CustomRecovery(func(c *gin.Context, err any) {
 		d.Log.Error("http handler panicked", "path", c.Request.URL.Path, "err", err)
@@ -45,12 +55,18 @@ func NewHandler(d Deps) http.Handler {
 	}))
 	r.GET("/health", s.health)
 	r.GET("/ready", s.ready)
-	r.GET("/metrics", gin.WrapH(promhttp.HandlerFor(d.Gatherer, promhttp.HandlerOpts{})))
-	api := r.Group("/api")
+	// Everything else needs a token (see auth.go): viewer to read,
+	// operator to control.
+	viewer := r.Group("/", s.auth.authenticate, s.auth.require(roleViewer))
+	viewer.GET("/metrics", gin.WrapH(promhttp.HandlerFor(d.Gatherer, promhttp.HandlerOpts{})))
+	api := viewer.Group("/api")
 	api.GET("/channels", s.channels)
 	api.GET("/channels/:id", s.channel)
 	api.GET("/points", s.pointsByPattern)
 	api.GET("/points/:ch/:type/:pt", s.point)
+	api.GET("/commands/:id", s.command)
+	operator := r.Group("/", s.auth.authenticate, s.auth.require(roleOperator))
+	operator.POST("/control/:channel_id/:point_id", s.control)
 	r.NoRoute(func(c *gin.Context) {
 		abort(c, http.StatusNotFound, "not_found", "no route "+c.Request.Method+" "+c.Request.URL.Path)
 	})
@@ -58,8 +74,10 @@ func NewHandler(d Deps) http.Handler {
 }
 
 type server struct {
-	d      Deps
-	points *pointIndex
+	d       Deps
+	points  *pointIndex
+	auth    *authenticator
+	results *resultWaiter
 }
 
 type apiError struct {

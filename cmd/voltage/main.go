@@ -4,6 +4,9 @@
 //	                                   loopback Modbus TCP devices in-process)
 //	voltage check -c FILE              validate a configuration, exit 1 on errors
 //	voltage simulate -c FILE           serve the config's Modbus TCP devices
+//	voltage control -c FILE --point 1001:c:1 --value 1
+//	                                   send a control command over the HTTP API
+//	                                   (token from VOLTAGE_TOKEN), print the result
 //	voltage version                    print the version
 package main
 
@@ -35,6 +38,10 @@ commands:
                              loopback Modbus TCP devices in-process (the demo)
   check -c FILE              validate a configuration and its point tables
   simulate -c FILE           serve the config's Modbus TCP devices (simulator)
+  control -c FILE --point CH:TYPE:PT --value V [--id KEY] [--wait 5s] [--timeout 5s] [--url URL]
+                             send a control command through the node's HTTP API
+                             (token from $VOLTAGE_TOKEN), wait for the result and
+                             print it; exit 0 only when the status is success
   version                    print the version
 `
 
@@ -52,6 +59,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdCheck(rest, stdout, stderr)
 	case "simulate":
 		err = cmdSimulate(rest, stdout, stderr)
+	case "control":
+		err = cmdControl(rest, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "voltage", version)
 		return 0

@@ -94,6 +94,10 @@ func (n *nodeRun) stopAll() {
 func (n *nodeRun) run(ctx context.Context) error {
 	defer n.stopAll()
 	cfg, log := n.cfg, n.log
+	// go-redis reports pool dial failures through its own logger, twice a
+	// second per client while Redis is down; our writer already warns with
+	// backoff, so keep go-redis's at debug.
+	redis.SetLogger(redisLog{log.With("component", "go-redis")})
 	var (
 		ro       *redis.Options
 		reg      = prometheus.NewRegistry()
@@ -186,7 +190,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 
 	if err := n.step("http", func() error {
 		h := web.NewHandler(web.Deps{
-			Config: cfg, Redis: api, Gatherer: reg, Version: version, Log: log.With("component", "http"),
+			Config: cfg, Redis: api, Gatherer: reg, Version: version, Log: log.With("component", "http"), Context: ctx,
 			Status: func(ctx context.Context, id uint32) (*messages.ChannelStatus, error) {
 				res, err := system.Root.RequestFuture(channels, &messages.GetChannelStatus{ChannelID: id}, time.Second).Result()
 				if err != nil {
@@ -249,4 +253,11 @@ func (n *nodeRun) redis() (*redis.Options, error) {
 	n.log.Info("embedded redis listening (redis.url is empty)", "addr", m.Addr(),
 		"watch", fmt.Sprintf("redis-cli -h %s -p %s subscribe point:update", host, port))
 	return &redis.Options{Addr: m.Addr()}, nil
+}
+
+// redisLog adapts slog to go-redis's internal logger.
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(ctx context.Context, format string, v ...interface{}) {
+	l.log.DebugContext(ctx, fmt.Sprintf(format, v...))
 }

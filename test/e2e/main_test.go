@@ -18,7 +18,7 @@ import (
 	"time"
 )
 
-var binary string
+var voltageBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "voltage-e2e-")
@@ -26,8 +26,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(dir, "voltage")
-	build := exec.Command("go", "build", "-o", binary, "github.com/voltage-ems/voltage/cmd/voltage")
+	voltageBin = filepath.Join(dir, "voltage")
+	build := exec.Command("go", "build", "-o", voltageBin, "github.com/voltage-ems/voltage/cmd/voltage")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build voltage:", err)
@@ -62,7 +62,7 @@ func (p *proc) Output() string {
 // start runs the binary with args until the test ends (SIGTERM, then kill).
 func start(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(binary, args...), done: make(chan struct{})}
+	p := &proc{cmd: exec.Command(voltageBin, args...), done: make(chan struct{})}
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p, p
 	if err := p.cmd.Start(); err != nil {
@@ -101,7 +101,7 @@ func runCmd(t *testing.T, env []string, args ...string) (string, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, args...)
+	cmd := exec.CommandContext(ctx, voltageBin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {

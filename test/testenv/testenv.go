@@ -36,14 +36,16 @@ func Eventually(t testing.TB, d time.Duration, cond func() bool, msg string, arg
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	p, err := freePort()
+	p, err := PickPort()
 	if err != nil {
 		t.Fatalf("free port: %v", err)
 	}
 	return p
 }
 
-func freePort() (int, error) {
+// PickPort returns a TCP port on 127.0.0.1 that was free a moment ago
+// (for harnesses outside tests).
+func PickPort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -101,7 +103,7 @@ func StartRedisServer(dir string) (*Redis, error) {
 	r := &Redis{dir: dir}
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
-		if r.Port, err = freePort(); err != nil {
+		if r.Port, err = PickPort(); err != nil {
 			return nil, err
 		}
 		if err = r.start(); err == nil {
