@@ -6,10 +6,10 @@ import (
 	"math"
 	"path"
 	"sort"
-	"strconv"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/voltage-ems/voltage/actors/redisbus"
 	"github.com/voltage-ems/voltage/config"
 	"github.com/voltage-ems/voltage/messages"
 )
@@ -92,54 +92,27 @@ type pointJSON struct {
 }
 
 // readPoints fetches value, ts and quality of the points from the comsrv
-// hashes with one HMGET per hash, in one pipeline.
+// hashes (redisbus.ReadPoints) and adds the configured name and unit.
 func readPoints(ctx context.Context, rdb redis.UniversalClient, ps []*pointInfo) ([]pointJSON, error) {
-	out := make([]pointJSON, len(ps))
-	type group struct {
-		fields []string
-		idx    []int
-	}
-	groups := map[string]*group{}
-	var order []string
+	keys := make([]messages.PointKey, len(ps))
 	for i, p := range ps {
-		out[i] = pointJSON{Key: p.keyStr, ChannelID: p.key.Channel, PointType: p.key.Type.String(), PointID: p.key.Point, Name: p.name, Unit: p.unit}
-		h := "comsrv:" + strconv.FormatUint(uint64(p.key.Channel), 10) + ":" + p.key.Type.String()
-		g := groups[h]
-		if g == nil {
-			g = &group{}
-			groups[h] = g
-			order = append(order, h)
-		}
-		g.fields = append(g.fields, strconv.FormatUint(uint64(p.key.Point), 10))
-		g.idx = append(g.idx, i)
+		keys[i] = p.key
 	}
-	if len(ps) == 0 {
-		return out, nil
-	}
-	pipe := rdb.Pipeline()
-	cmds := make([][3]*redis.SliceCmd, len(order))
-	for gi, h := range order {
-		g := groups[h]
-		cmds[gi] = [3]*redis.SliceCmd{pipe.HMGet(ctx, h, g.fields...), pipe.HMGet(ctx, h+":ts", g.fields...), pipe.HMGet(ctx, h+":q", g.fields...)}
-	}
-	if _, err := pipe.Exec(ctx); err != nil && err != redis.Nil {
+	vals, err := redisbus.ReadPoints(ctx, rdb, keys)
+	if err != nil {
 		return nil, err
 	}
-	for gi, h := range order {
-		g := groups[h]
-		vals, tss, qs := cmds[gi][0].Val(), cmds[gi][1].Val(), cmds[gi][2].Val()
-		for j, i := range g.idx {
-			if s, ok := vals[j].(string); ok {
-				if v, err := strconv.ParseFloat(s, 64); err == nil && !math.IsNaN(v) && !math.IsInf(v, 0) {
-					out[i].Value = &v
-				}
-			}
-			if s, ok := tss[j].(string); ok {
-				out[i].Timestamp, _ = strconv.ParseInt(s, 10, 64)
-			}
-			if s, ok := qs[j].(string); ok {
-				out[i].Quality = s
-			}
+	out := make([]pointJSON, len(ps))
+	for i, p := range ps {
+		u := &vals[i]
+		out[i] = pointJSON{Key: p.keyStr, ChannelID: p.key.Channel, PointType: p.key.Type.String(), PointID: p.key.Point,
+			Name: p.name, Unit: p.unit, Timestamp: u.Timestamp}
+		if u.Timestamp != 0 || !math.IsNaN(u.Value) {
+			out[i].Quality = u.Quality.String()
+		}
+		if !math.IsNaN(u.Value) && !math.IsInf(u.Value, 0) {
+			v := u.Value
+			out[i].Value = &v
 		}
 	}
 	return out, nil

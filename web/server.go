@@ -33,6 +33,15 @@ type Deps struct {
 	// delivers command results to waiting requests); cancel it when the
 	// node stops. Nil: context.Background(), for the life of the process.
 	Context context.Context
+	// Sessions starts a live session per WebSocket connection (nil: /ws
+	// answers 503).
+	Sessions SessionOpener
+	// WSIdle is how long a WebSocket client may stay silent (no frame, no
+	// pong) before it is dropped; default 60 s, pinged every third of it.
+	WSIdle time.Duration
+	// WSBacklog is how many frames may wait for a slow WebSocket client
+	// before it is disconnected; default 64.
+	WSBacklog int
 }
 
 // NewHandler builds the gin engine with every route.
@@ -59,6 +68,7 @@ func NewHandler(d Deps) http.Handler {
 	// operator to control.
 	viewer := r.Group("/", s.auth.authenticate, s.auth.require(roleViewer))
 	viewer.GET("/metrics", gin.WrapH(promhttp.HandlerFor(d.Gatherer, promhttp.HandlerOpts{})))
+	viewer.GET("/ws", s.ws)
 	api := viewer.Group("/api")
 	api.GET("/channels", s.channels)
 	api.GET("/channels/:id", s.channel)

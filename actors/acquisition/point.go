@@ -12,6 +12,17 @@ type Sink interface {
 	Publish(u *messages.PointUpdate)
 }
 
+// Tee is a Sink that hands every update to each of its sinks in turn (the
+// Redis writer and the local consumers' feed).
+type Tee []Sink
+
+// Publish implements Sink.
+func (t Tee) Publish(u *messages.PointUpdate) {
+	for _, s := range t {
+		s.Publish(u)
+	}
+}
+
 // pointState decides which samples of one point are published: the first
 // one, every quality change, and value changes larger than the deadband
 // (measurements) or any value change (other types).

@@ -26,6 +26,7 @@ import (
 	"github.com/voltage-ems/voltage/actors/acquisition"
 	"github.com/voltage-ems/voltage/actors/node"
 	"github.com/voltage-ems/voltage/actors/redisbus"
+	"github.com/voltage-ems/voltage/actors/session"
 	"github.com/voltage-ems/voltage/config"
 	"github.com/voltage-ems/voltage/messages"
 	"github.com/voltage-ems/voltage/supervisor"
@@ -106,6 +107,8 @@ func (n *nodeRun) run(ctx context.Context) error {
 		channels *actor.PID
 		writer   *redisbus.Writer
 		api      *redis.Client
+		feed     *session.Feed
+		sessions *session.Opener
 	)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -139,6 +142,24 @@ func (n *nodeRun) run(ctx context.Context) error {
 		}
 		bm := redisbus.NewMetrics(reg, func() float64 { return float64(writer.QueueDepth()) })
 		writer = redisbus.NewWriter(ro, redisbus.WriterOptions{Node: cfg.Node.Name, Log: log.With("component", "redis-writer"), Metrics: bm})
+		// Local consumers (live sessions) get this node's updates directly,
+		// batched every 20 ms (the L1 path); other nodes' come through the
+		// Redis subscriber.
+		hubPID := system.NewLocalPID("voltage/sessions")
+		feed = session.NewFeed(func(b *messages.PointUpdates) { system.Root.Send(hubPID, b) }, 20*time.Millisecond)
+		n.onStop("session feed", feed.Stop)
+		sink := acquisition.Tee{writer, feed}
+		var known []messages.PointKey
+		for i := range cfg.Channels {
+			for j := range cfg.Channels[i].Points {
+				known = append(known, cfg.Channels[i].Points[j].Key(cfg.Channels[i].ID))
+			}
+		}
+		readPoints := func(keys []messages.PointKey) ([]messages.PointUpdate, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			return redisbus.ReadPoints(ctx, api, keys)
+		}
 		am := acquisition.NewMetrics(reg)
 		seen := redisbus.NewIdempotency(api, cfg.Node.Name)
 		dispatcher := node.NewPoolDispatcher(2*runtime.GOMAXPROCS(0), 300)
@@ -150,7 +171,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 				continue
 			}
 			chans = append(chans, acquisition.Options{
-				Channel: ch, Node: cfg.Node.Name, Sink: writer, Log: log, Metrics: am,
+				Channel: ch, Node: cfg.Node.Name, Sink: sink, Log: log, Metrics: am,
 				Supervisor: strategy("point"), Dispatcher: dispatcher,
 				CommandSource: system.NewLocalPID("voltage/redis-subscriber"), Seen: seen, Commands: writer,
 				Restarts: stats.Under,
@@ -165,6 +186,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 		root := node.NewRootProps([]node.Child{
 			{Name: "redis-writer", Props: actor.PropsFromProducer(func() actor.Actor { return &redisbus.WriterActor{W: writer} })},
 			{Name: "redis-subscriber", Props: subProps},
+			{Name: "sessions", Props: session.NewHubProps(known, readPoints, strategy("session"))},
 			{Name: "channels", Props: acquisition.NewChannelsProps(chans, strategy("channel"))},
 		}, strategy("service"))
 		rootPID, err = system.Root.SpawnNamed(root, "voltage")
@@ -176,6 +198,8 @@ func (n *nodeRun) run(ctx context.Context) error {
 			return err
 		}
 		channels = res.(*node.ChildPID).PID
+		system.Root.Send(system.NewLocalPID("voltage/redis-subscriber"), &redisbus.RegisterConsumer{PID: hubPID})
+		sessions = session.NewOpener(system.Root, hubPID)
 		n.onStop("actors", func() {
 			if err := system.Root.PoisonFuture(rootPID).Wait(); err != nil {
 				log.Warn("actors did not stop in time", "err", err)
@@ -191,6 +215,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 	if err := n.step("http", func() error {
 		h := web.NewHandler(web.Deps{
 			Config: cfg, Redis: api, Gatherer: reg, Version: version, Log: log.With("component", "http"), Context: ctx,
+			Sessions: sessions,
 			Status: func(ctx context.Context, id uint32) (*messages.ChannelStatus, error) {
 				res, err := system.Root.RequestFuture(channels, &messages.GetChannelStatus{ChannelID: id}, time.Second).Result()
 				if err != nil {
