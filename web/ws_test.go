@@ -211,7 +211,7 @@ func TestWSSnapshotThenCoalescedUpdates(t *testing.T) {
 	}()
 	for i := 1; i <= 30; i++ {
 		e.update("1001:m:10001", float64(i))
-		e.update("1002:m:1", float64(i)) // not subscribed
+		e.update("1002:m:1", float64(i))  // not subscribed
 		time.Sleep(10 * time.Millisecond) // a 300 ms burst of production (not a synchronisation)
 	}
 	var times []time.Time
