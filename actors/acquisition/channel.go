@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -390,7 +391,23 @@ func (c *channelActor) onConnect(ctx actor.Context, err error) {
 	c.connected = true
 	c.status.Connected = true
 	c.m.connected.Set(1)
+	if c.status.Polls == 0 {
+		// Spread the channels' poll cycles over the interval instead of
+		// polling every channel of a node at the same instant.
+		c.after(timerPoll, pollPhase(c.spec.ch.ID, c.spec.ch.PollInterval), &pollTick{epoch: c.epoch})
+		return
+	}
 	c.poll()
+}
+
+// pollPhase is a channel's offset of its first poll within the poll
+// interval (at most 1 s): the fractional part of id times the golden ratio,
+// which spreads consecutive ids evenly.
+func pollPhase(id uint32, interval time.Duration) time.Duration {
+	const phi = 0.6180339887498949
+	f := float64(id) * phi
+	f -= math.Floor(f)
+	return time.Duration(f * float64(min(interval, time.Second)))
 }
 
 func (c *channelActor) poll() {

@@ -1,6 +1,8 @@
 package session
 
 import (
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -41,11 +43,12 @@ type Gone struct{}
 // from point key to the sessions subscribed to it, and the fan-out of point
 // updates.
 type Hub struct {
-	known    map[messages.PointKey]*keyEntry
-	sessions map[string]*subscriber // by PID id
-	read     PointReader
-	nextID   uint64
-	out      map[*actor.PID][]messages.PointUpdate
+	known     map[messages.PointKey]*keyEntry
+	byChannel map[uint32][]messages.PointKey // the known keys of each channel
+	sessions  map[string]*subscriber         // by PID id
+	read      PointReader
+	nextID    uint64
+	out       map[*actor.PID][]messages.PointUpdate
 }
 
 type keyEntry struct {
@@ -56,6 +59,7 @@ type keyEntry struct {
 type subscriber struct {
 	pid      *actor.PID
 	patterns []string
+	keys     map[messages.PointKey]struct{} // the keys the patterns match now
 }
 
 // NewHubProps returns the props of the hub. known are the points to index
@@ -67,10 +71,10 @@ func NewHubProps(known []messages.PointKey, read PointReader, strategy actor.Sup
 		opts = append(opts, actor.WithSupervisor(strategy))
 	}
 	return actor.PropsFromProducer(func() actor.Actor {
-		h := &Hub{known: make(map[messages.PointKey]*keyEntry, len(known)), sessions: map[string]*subscriber{},
-			read: read, out: map[*actor.PID][]messages.PointUpdate{}}
+		h := &Hub{known: make(map[messages.PointKey]*keyEntry, len(known)), byChannel: map[uint32][]messages.PointKey{},
+			sessions: map[string]*subscriber{}, read: read, out: map[*actor.PID][]messages.PointUpdate{}}
 		for _, k := range known {
-			h.known[k] = &keyEntry{key: k.String()}
+			h.learn(k)
 		}
 		return h
 	}, opts...)
@@ -106,7 +110,7 @@ func (h *Hub) Receive(ctx actor.Context) {
 			return
 		}
 		ctx.Watch(pid)
-		h.sessions[pid.Id] = &subscriber{pid: pid}
+		h.sessions[pid.Id] = &subscriber{pid: pid, keys: map[messages.PointKey]struct{}{}}
 		ctx.Respond(&Opened{PID: pid})
 	case *subscribeReq:
 		ctx.Respond(h.subscribe(ctx.Sender(), m))
@@ -152,26 +156,66 @@ func (h *Hub) subscribe(pid *actor.PID, m *subscribeReq) *subscribedResp {
 	return &subscribedResp{patterns: patterns, added: added, total: total}
 }
 
-// setPatterns re-indexes one session and returns the keys it gained and
-// how many it matches now.
-func (h *Hub) setPatterns(s *subscriber, patterns []string) (added []messages.PointKey, total int) {
-	s.patterns = patterns
-	for k, e := range h.known {
-		was := indexOf(e.subs, s.pid) >= 0
-		now := len(patterns) > 0 && matchAny(patterns, e.key)
-		switch {
-		case now && !was:
-			e.subs = append(e.subs, s.pid)
-			added = append(added, k)
-		case !now && was:
-			i := indexOf(e.subs, s.pid)
-			e.subs = append(e.subs[:i], e.subs[i+1:]...)
+// learn indexes a key seen for the first time.
+func (h *Hub) learn(k messages.PointKey) *keyEntry {
+	e := &keyEntry{key: k.String()}
+	h.known[k] = e
+	h.byChannel[k.Channel] = append(h.byChannel[k.Channel], k)
+	return e
+}
+
+// candidates calls f for every known key that patterns may match: only the
+// keys of the named channels when every pattern names its channel literally
+// ("1001:m:*"), else all keys.
+func (h *Hub) candidates(patterns []string, f func(messages.PointKey)) {
+	var chans []uint32
+	for _, p := range patterns {
+		c, _, _ := strings.Cut(p, ":")
+		id, err := strconv.ParseUint(c, 10, 32)
+		if err != nil { // a wildcard in the channel part
+			for k := range h.known {
+				f(k)
+			}
+			return
 		}
-		if now {
-			total++
+		chans = append(chans, uint32(id))
+	}
+	for _, c := range chans {
+		for _, k := range h.byChannel[c] {
+			f(k)
 		}
 	}
-	return added, total
+}
+
+// setPatterns re-indexes one session and returns the keys it gained and
+// how many it matches now. It looks only at the keys the session has and
+// the ones its new patterns can match, not at every known key.
+func (h *Hub) setPatterns(s *subscriber, patterns []string) (added []messages.PointKey, total int) {
+	s.patterns = patterns
+	now := make(map[messages.PointKey]struct{}, len(s.keys))
+	if len(patterns) > 0 {
+		h.candidates(patterns, func(k messages.PointKey) {
+			if _, seen := now[k]; !seen && matchAny(patterns, h.known[k].key) {
+				now[k] = struct{}{}
+			}
+		})
+	}
+	for k := range s.keys {
+		if _, keep := now[k]; !keep {
+			e := h.known[k]
+			if i := indexOf(e.subs, s.pid); i >= 0 {
+				e.subs = append(e.subs[:i], e.subs[i+1:]...)
+			}
+		}
+	}
+	for k := range now {
+		if _, had := s.keys[k]; !had {
+			h.known[k].subs = append(h.known[k].subs, s.pid)
+			added = append(added, k)
+		}
+	}
+	s.keys = now
+	return added, len(now)
 }
 
 // fanout hands each session the updates it subscribed to, in one message.
@@ -179,13 +223,13 @@ func (h *Hub) fanout(ctx actor.Context, us []messages.PointUpdate) {
 	for i := range us {
 		e := h.known[us[i].Key]
 		if e == nil { // first sight of a key (another node's point)
-			e = &keyEntry{key: us[i].Key.String()}
+			e = h.learn(us[i].Key)
 			for _, s := range h.sessions {
 				if matchAny(s.patterns, e.key) {
 					e.subs = append(e.subs, s.pid)
+					s.keys[us[i].Key] = struct{}{}
 				}
 			}
-			h.known[us[i].Key] = e
 		}
 		for _, pid := range e.subs {
 			h.out[pid] = append(h.out[pid], us[i])
