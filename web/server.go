@@ -77,6 +77,7 @@ func NewHandler(d Deps) http.Handler {
 	api.GET("/commands/:id", s.command)
 	operator := r.Group("/", s.auth.authenticate, s.auth.require(roleOperator))
 	operator.POST("/control/:channel_id/:point_id", s.control)
+	registerDashboard(r)
 	r.NoRoute(func(c *gin.Context) {
 		abort(c, http.StatusNotFound, "not_found", "no route "+c.Request.Method+" "+c.Request.URL.Path)
 	})

@@ -440,3 +440,23 @@ func TestWS1000Sessions(t *testing.T) {
 	}
 	testenv.Eventually(t, 10*time.Second, func() bool { return e.sessions(t) == 0 }, "every session stopped after its client left")
 }
+
+// TestWSBroadcastFrames checks the hook alarm frames will use: a frame sent
+// to the hub reaches every session, in each session's format.
+func TestWSBroadcastFrames(t *testing.T) {
+	e := newWSEnv(t, 0)
+	js, mp := e.dial(t, viewerToken), e.dial(t, viewerToken)
+	send(t, mp, `{"op":"subscribe","patterns":["1:m:1"],"format":"msgpack"}`)
+	read(t, mp, 2*time.Second) // subscribed
+	testenv.Eventually(t, 2*time.Second, func() bool { return e.sessions(t) == 2 }, "two sessions")
+	type alarmFrame struct {
+		Type string `json:"type" msgpack:"type"`
+		ID   string `json:"id" msgpack:"id"`
+	}
+	e.sys.Root.Send(e.hub, &session.Broadcast{Frame: &alarmFrame{Type: "alarm", ID: "pcs1-overvoltage"}})
+	for _, c := range []*websocket.Conn{js, mp} {
+		if f, _ := read(t, c, 2*time.Second); f.Type != "alarm" {
+			t.Fatalf("broadcast arrived as %+v", f)
+		}
+	}
+}

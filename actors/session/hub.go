@@ -121,10 +121,19 @@ func (h *Hub) Receive(ctx actor.Context) {
 			h.setPatterns(s, nil)
 			delete(h.sessions, m.Who.Id)
 		}
+	case *Broadcast:
+		for _, s := range h.sessions {
+			ctx.Send(s.pid, m)
+		}
 	case *GetStats:
 		ctx.Respond(&Stats{Sessions: len(h.sessions), Keys: len(h.known)})
 	}
 }
+
+// Broadcast sends Frame to every session as a frame of its own (in the
+// session's format). Frame must encode with a "type" field, e.g. the
+// {"type":"alarm",...} frames of the alarms issue.
+type Broadcast struct{ Frame any }
 
 // GetStats asks the hub for Stats.
 type GetStats struct{}

@@ -81,6 +81,8 @@ func (a *sessionActor) Receive(ctx actor.Context) {
 	case *flushTick:
 		st.armed = false
 		a.flush(ctx)
+	case *Broadcast:
+		a.send(ctx, m.Frame)
 	case *Gone:
 		st.closed = true
 		ctx.Stop(ctx.Self())
