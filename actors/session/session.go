@@ -17,12 +17,6 @@ import (
 // FrameInterval is the shortest time between two update frames of a session.
 const FrameInterval = 100 * time.Millisecond
 
-// gather is how long a session waits after the first change of a quiet
-// period before it sends the frame, so that a burst (a channel's whole poll,
-// arriving in a few batches) goes out in one frame instead of being split
-// with its tail waiting a whole FrameInterval.
-const gather = 15 * time.Millisecond
-
 // state is a session's state. It belongs to the connection, not to one
 // incarnation of the actor: a session actor that panics is restarted with
 // its subscriptions and pending updates intact.
@@ -225,7 +219,11 @@ func (a *sessionActor) arm(ctx actor.Context) {
 	}
 	st.armed = true
 	self, root := ctx.Self(), ctx.ActorSystem().Root
-	d := max(time.Until(st.lastFrame.Add(FrameInterval)), gather)
+	d := time.Until(st.lastFrame.Add(FrameInterval))
+	if d <= 0 {
+		root.Send(self, &flushTick{})
+		return
+	}
 	time.AfterFunc(d, func() { root.Send(self, &flushTick{}) })
 }
 
