@@ -27,6 +27,7 @@ bench:          ## benchmarks; the ingest and memory figures of the README
 	$(GO) run ./bench/ingest
 	$(GO) run ./bench/memory
 	$(GO) run ./bench/control
+	$(GO) run ./bench/ws
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
