@@ -45,7 +45,7 @@ func run(points, channels int, interval, duration time.Duration, memProfile stri
 	defer r.Stop()
 	rss0 := rss()
 	start := time.Now()
-	n, err := benchnode.Start(r, benchnode.Load{Points: points, Channels: channels, Interval: interval, Signal: "sine"})
+	n, err := benchnode.Start(r, benchnode.Load{Points: points, Channels: channels, Interval: interval, Signal: "sine", Sessions: true})
 	if err != nil {
 		return err
 	}
