@@ -12,12 +12,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -84,14 +82,14 @@ func run(points, channels int, interval, duration time.Duration, skipRB bool) er
 		per*channels, channels, interval, offered)
 	time.Sleep(3 * time.Second) // warm-up
 	n0, t0 := w.Published(), time.Now()
-	var cpu0 = cpuTime()
+	var cpu0 = benchnode.CPUTime()
 	maxDepth := 0
 	for time.Since(t0) < duration {
 		time.Sleep(250 * time.Millisecond)
 		maxDepth = max(maxDepth, w.QueueDepth())
 	}
 	n1, el := w.Published(), time.Since(t0)
-	cpu := cpuTime() - cpu0
+	cpu := benchnode.CPUTime() - cpu0
 	rate := float64(n1-n0) / el.Seconds()
 	rdb := redis.NewClient(&redis.Options{Addr: r.Addr()})
 	defer rdb.Close()
@@ -115,17 +113,4 @@ func redisBenchmark(r *testenv.Redis) (float64, error) {
 		return 0, fmt.Errorf("redis-benchmark output not understood: %s", out)
 	}
 	return strconv.ParseFloat(m[len(m)-1][1], 64)
-}
-
-// cpuTime is this process's user+system CPU time from /proc/self/stat.
-func cpuTime() time.Duration {
-	b, err := os.ReadFile(filepath.Join("/proc", "self", "stat"))
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * time.Second / 100
 }
