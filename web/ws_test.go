@@ -24,13 +24,15 @@ import (
 	"github.com/voltage-ems/voltage/actors/redisbus"
 	"github.com/voltage-ems/voltage/actors/session"
 	"github.com/voltage-ems/voltage/messages"
+	"github.com/voltage-ems/voltage/supervisor"
 	"github.com/voltage-ems/voltage/test/testenv"
 )
 
 // wsEnv is the HTTP handler with live sessions: the session hub actor, a
 // feed of point updates into it and a real redis-server for snapshots.
 type wsEnv struct {
-	rdb  *redis.Client
+	restarts *supervisor.Stats
+	rdb      *redis.Client
 	srv  *httptest.Server
 	sys  *actor.ActorSystem
 	hub  *actor.PID
@@ -54,7 +56,9 @@ func newWSEnv(t *testing.T, idle time.Duration, backlog ...int) *wsEnv {
 		return redisbus.ReadPoints(context.Background(), rdb, keys)
 	}
 	var err error
-	e.hub, err = e.sys.Root.SpawnNamed(session.NewHubProps(known, read, nil), "sessions")
+	e.restarts = supervisor.NewStats(nil)
+	strategy := supervisor.NewStrategy(supervisor.DefaultPolicy(), e.restarts) // as `voltage run` does
+	e.hub, err = e.sys.Root.SpawnNamed(session.NewHubProps(known, read, strategy), "sessions")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -458,5 +462,43 @@ func TestWSBroadcastFrames(t *testing.T) {
 		if f, _ := read(t, c, 2*time.Second); f.Type != "alarm" {
 			t.Fatalf("broadcast arrived as %+v", f)
 		}
+	}
+}
+
+// jsonOnly encodes as JSON but not as MessagePack: broadcasting it makes a
+// msgpack session's actor panic.
+type jsonOnly struct {
+	Type string `json:"type"`
+}
+
+func (jsonOnly) EncodeMsgpack(*msgpack.Encoder) error { return errors.New("injected encoding failure") }
+
+// TestWSFailingSessionRestartsAlone: a session actor that panics is
+// restarted with its subscriptions, and other sessions never notice.
+func TestWSFailingSessionRestartsAlone(t *testing.T) {
+	e := newWSEnv(t, 0)
+	js, mp := e.dial(t, viewerToken), e.dial(t, viewerToken)
+	for _, c := range []*websocket.Conn{js, mp} {
+		format := "json"
+		if c == mp {
+			format = "msgpack"
+		}
+		send(t, c, `{"op":"subscribe","patterns":["1002:m:1"],"format":"`+format+`"}`)
+		read(t, c, 2*time.Second) // subscribed
+		read(t, c, 2*time.Second) // snapshot
+	}
+	e.sys.Root.Send(e.hub, &session.Broadcast{Frame: jsonOnly{Type: "notice"}})
+	if f, _ := read(t, js, 2*time.Second); f.Type != "notice" {
+		t.Fatalf("json session got %+v", f)
+	}
+	testenv.Eventually(t, 2*time.Second, func() bool { return e.restarts.Total() == 1 }, "the msgpack session restarted")
+	e.update("1002:m:1", 7)
+	for _, c := range []*websocket.Conn{js, mp} {
+		if f, pts := read(t, c, 2*time.Second); f.Type != "update" || len(pts) != 1 || *pts[0].Value != 7 {
+			t.Fatalf("after the restart: %+v %+v", f, pts)
+		}
+	}
+	if e.sessions(t) != 2 {
+		t.Fatalf("%d sessions after the restart", e.sessions(t))
 	}
 }
