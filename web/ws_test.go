@@ -33,10 +33,10 @@ import (
 type wsEnv struct {
 	restarts *supervisor.Stats
 	rdb      *redis.Client
-	srv  *httptest.Server
-	sys  *actor.ActorSystem
-	hub  *actor.PID
-	feed *session.Feed
+	srv      *httptest.Server
+	sys      *actor.ActorSystem
+	hub      *actor.PID
+	feed     *session.Feed
 }
 
 func newWSEnv(t *testing.T, idle time.Duration, backlog ...int) *wsEnv {
