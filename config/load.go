@@ -22,6 +22,8 @@ const (
 	DefaultBucket        = "ems/autogen"
 	DefaultMeasurement   = "point"
 	DefaultBatchSize     = 5000
+	DefaultSpoolMaxMB    = 1024
+	DefaultRetention     = 7 * 24 * time.Hour
 	DefaultFlushInterval = time.Second
 	DefaultPollInterval  = time.Second
 	DefaultTimeout       = time.Second
@@ -222,6 +224,12 @@ func (l *loader) applyDefaults(c *Config) {
 	}
 	if !l.isSet("influxdb.flush_interval") {
 		c.InfluxDB.FlushInterval = DefaultFlushInterval
+	}
+	if !l.isSet("influxdb.spool_max_mb") {
+		c.InfluxDB.SpoolMaxMB = DefaultSpoolMaxMB
+	}
+	if !l.isSet("influxdb.retention") {
+		c.InfluxDB.Retention = DefaultRetention
 	}
 	for i := range c.Alarms {
 		if !l.isSet(indexPath("alarms", i) + ".level") {

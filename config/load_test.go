@@ -211,7 +211,8 @@ alarms:
 	if c.File != "plant.yaml" {
 		t.Errorf("file %q", c.File)
 	}
-	want := InfluxDB{Bucket: "ems/autogen", Measurement: "point", BatchSize: 5000, FlushInterval: time.Second}
+	want := InfluxDB{Bucket: "ems/autogen", Measurement: "point", BatchSize: 5000, FlushInterval: time.Second,
+		SpoolMaxMB: 1024, Retention: 7 * 24 * time.Hour}
 	if c.InfluxDB != want {
 		t.Errorf("influxdb %+v", c.InfluxDB)
 	}

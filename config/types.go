@@ -44,6 +44,12 @@ type InfluxDB struct {
 	Measurement   string        `yaml:"measurement"`    // default "point"
 	BatchSize     int           `yaml:"batch_size"`     // default 5000
 	FlushInterval time.Duration `yaml:"flush_interval"` // default 1s
+	// SpoolMaxMB bounds the durable spool in data_dir that holds batches
+	// the store could not take (default 1024); beyond it the oldest are
+	// dropped, counted and logged.
+	SpoolMaxMB int `yaml:"spool_max_mb"`
+	// Retention of the embedded history (url empty); default 7 days.
+	Retention time.Duration `yaml:"retention"`
 }
 
 // Auth lists the API tokens.

@@ -74,6 +74,12 @@ func (l *loader) validateNode(c *Config) {
 	if c.InfluxDB.FlushInterval <= 0 {
 		l.errorf("influxdb.flush_interval", "must be positive, got %s", c.InfluxDB.FlushInterval)
 	}
+	if c.InfluxDB.SpoolMaxMB <= 0 {
+		l.errorf("influxdb.spool_max_mb", "must be positive, got %d", c.InfluxDB.SpoolMaxMB)
+	}
+	if c.InfluxDB.Retention < time.Hour {
+		l.errorf("influxdb.retention", "must be at least 1h, got %s", c.InfluxDB.Retention)
+	}
 }
 
 // redactURLError drops the URL (which may hold a password) from a parse error.

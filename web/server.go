@@ -33,6 +33,8 @@ type Deps struct {
 	// delivers command results to waiting requests); cancel it when the
 	// node stops. Nil: context.Background(), for the life of the process.
 	Context context.Context
+	// History answers /api/history (nil: 503).
+	History HistoryQuerier
 	// Sessions starts a live session per WebSocket connection (nil: /ws
 	// answers 503).
 	Sessions SessionOpener
@@ -72,6 +74,7 @@ func NewHandler(d Deps) http.Handler {
 	api := viewer.Group("/api")
 	api.GET("/channels", s.channels)
 	api.GET("/channels/:id", s.channel)
+	api.GET("/history", s.history)
 	api.GET("/points", s.pointsByPattern)
 	api.GET("/points/:ch/:type/:pt", s.point)
 	api.GET("/commands/:id", s.command)

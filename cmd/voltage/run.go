@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -24,6 +25,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/voltage-ems/voltage/actors/acquisition"
+	"github.com/voltage-ems/voltage/actors/history"
 	"github.com/voltage-ems/voltage/actors/node"
 	"github.com/voltage-ems/voltage/actors/redisbus"
 	"github.com/voltage-ems/voltage/actors/session"
@@ -109,6 +111,8 @@ func (n *nodeRun) run(ctx context.Context) error {
 		api      *redis.Client
 		feed     *session.Feed
 		sessions *session.Opener
+		hist     *history.Writer
+		store    history.Store
 	)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -126,6 +130,15 @@ func (n *nodeRun) run(ctx context.Context) error {
 		if err := n.step("simulator", n.startSimulators); err != nil {
 			return err
 		}
+	}
+	if err := n.step("history", func() (err error) {
+		if hist, store, err = n.history(reg); err != nil {
+			return err
+		}
+		n.onStop("history", hist.Stop) // idempotent: normally its actor stops it first
+		return nil
+	}); err != nil {
+		return err
 	}
 	if err := n.step("actors", func() error {
 		system = actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
@@ -148,7 +161,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 		hubPID := system.NewLocalPID("voltage/sessions")
 		feed = session.NewFeed(func(b *messages.PointUpdates) { system.Root.Send(hubPID, b) }, 20*time.Millisecond)
 		n.onStop("session feed", feed.Stop)
-		sink := acquisition.Tee{writer, feed}
+		sink := acquisition.Tee{writer, feed, hist}
 		var known []messages.PointKey
 		for i := range cfg.Channels {
 			for j := range cfg.Channels[i].Points {
@@ -186,6 +199,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 		root := node.NewRootProps([]node.Child{
 			{Name: "redis-writer", Props: actor.PropsFromProducer(func() actor.Actor { return &redisbus.WriterActor{W: writer} })},
 			{Name: "redis-subscriber", Props: subProps},
+			{Name: "history", Props: actor.PropsFromProducer(func() actor.Actor { return &history.WriterActor{W: hist} })},
 			{Name: "sessions", Props: session.NewHubProps(known, readPoints, strategy("session"))},
 			{Name: "channels", Props: acquisition.NewChannelsProps(chans, strategy("channel"))},
 		}, strategy("service"))
@@ -198,7 +212,9 @@ func (n *nodeRun) run(ctx context.Context) error {
 			return err
 		}
 		channels = res.(*node.ChildPID).PID
-		system.Root.Send(system.NewLocalPID("voltage/redis-subscriber"), &redisbus.RegisterConsumer{PID: hubPID})
+		subscriber := system.NewLocalPID("voltage/redis-subscriber")
+		system.Root.Send(subscriber, &redisbus.RegisterConsumer{PID: hubPID})
+		system.Root.Send(subscriber, &redisbus.RegisterConsumer{PID: system.NewLocalPID("voltage/history")})
 		sessions = session.NewOpener(system.Root, hubPID)
 		n.onStop("actors", func() {
 			if err := system.Root.PoisonFuture(rootPID).Wait(); err != nil {
@@ -215,7 +231,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 	if err := n.step("http", func() error {
 		h := web.NewHandler(web.Deps{
 			Config: cfg, Redis: api, Gatherer: reg, Version: version, Log: log.With("component", "http"), Context: ctx,
-			Sessions: sessions,
+			Sessions: sessions, History: store,
 			Status: func(ctx context.Context, id uint32) (*messages.ChannelStatus, error) {
 				res, err := system.Root.RequestFuture(channels, &messages.GetChannelStatus{ChannelID: id}, time.Second).Result()
 				if err != nil {
@@ -256,6 +272,44 @@ func (n *nodeRun) run(ctx context.Context) error {
 	<-ctx.Done()
 	log.Info("shutting down")
 	return nil
+}
+
+// history opens the history store (InfluxDB, or the embedded store in
+// data_dir when influxdb.url is empty), the spool in data_dir and the batch
+// writer. The writer closes both when its actor stops.
+func (n *nodeRun) history(reg prometheus.Registerer) (*history.Writer, history.Store, error) {
+	cfg, log := n.cfg, n.log.With("component", "history")
+	if err := os.MkdirAll(cfg.Node.DataDir, 0o755); err != nil {
+		return nil, nil, fmt.Errorf("node.data_dir: %w", err)
+	}
+	var store history.Store
+	if cfg.InfluxDB.URL == "" {
+		path := filepath.Join(cfg.Node.DataDir, "history.db")
+		e, err := history.OpenEmbedded(path, cfg.InfluxDB.Retention, log)
+		if err != nil {
+			return nil, nil, err
+		}
+		log.Info("embedded history (influxdb.url is empty)", "file", path, "retention", cfg.InfluxDB.Retention)
+		store = e
+	} else {
+		i, err := history.NewInflux(cfg.InfluxDB, log)
+		if err != nil {
+			return nil, nil, err
+		}
+		log.Info("history to influxdb", "bucket", cfg.InfluxDB.Bucket)
+		store = i
+	}
+	sp, err := history.OpenSpool(filepath.Join(cfg.Node.DataDir, "spool.db"), int64(cfg.InfluxDB.SpoolMaxMB)<<20, log)
+	if err != nil {
+		_ = store.Close()
+		return nil, nil, err
+	}
+	if st := sp.Stats(); st.Batches > 0 {
+		log.Info("spooled history from a previous run will be replayed", "batches", st.Batches, "points", st.Points)
+	}
+	w := history.NewWriter(store, sp, history.WriterOptions{BatchSize: cfg.InfluxDB.BatchSize,
+		FlushInterval: cfg.InfluxDB.FlushInterval, Log: log, Metrics: history.NewMetrics(reg)})
+	return w, store, nil
 }
 
 // redis returns the options of the configured Redis, or starts the embedded

@@ -427,12 +427,15 @@ function pushSeries(key, ts, value) {
   if (drop > 0) { s.t.splice(0, drop); s.v.splice(0, drop); }
 }
 
-// loadInitialHistory returns [[unixMs, value], ...] of the point before
-// the page was opened, for the trend to start with. Placeholder: the history
-// issue fills it from GET /api/history?point=KEY&start=-10m&end=now; until
-// then the trend starts with the live frames.
-async function loadInitialHistory(key) { // eslint-disable-line no-unused-vars
-  return [];
+// loadInitialHistory returns [[unixMs, value], ...] of the point's last
+// 10 minutes from GET /api/history (5 s means), for the trend to start with;
+// the live frames continue it. No history (503, or none stored) is an empty
+// start, not an error.
+async function loadInitialHistory(key) {
+  const q = new URLSearchParams({ point: key, start: '-10m', end: 'now', every: '5s', fn: 'mean' });
+  const r = await api('/api/history?' + q.toString());
+  if (!r.ok || !r.data || !Array.isArray(r.data.series) || !r.data.series.length) return [];
+  return r.data.series[0].points.map((p) => [p.t, p.v]);
 }
 
 function mergeHistory(key, samples) {
