@@ -30,7 +30,7 @@ type WriterOptions struct {
 	BatchSize     int           // flush when this many points are queued; default 5000
 	FlushInterval time.Duration // flush at least this often; default 1 s
 	WriteTimeout  time.Duration // of one store write; default 10 s
-	Retry         supervisor.Policy
+	Retry         supervisor.Policy // backoff between replay attempts; default 100 ms doubling to 5 s
 	Log           *slog.Logger
 	Metrics       *Metrics
 }
@@ -69,7 +69,9 @@ func NewWriter(store Store, sp spool, opt WriterOptions) *Writer {
 		opt.WriteTimeout = 10 * time.Second
 	}
 	if opt.Retry == (supervisor.Policy{}) {
+		// Retry a down store soon after it is back: 100 ms doubling to 5 s.
 		opt.Retry = supervisor.DefaultPolicy()
+		opt.Retry.Max = 5 * time.Second
 	}
 	if opt.Log == nil {
 		opt.Log = slog.Default()
