@@ -27,9 +27,9 @@ type spool interface {
 
 // WriterOptions tune the batch writer.
 type WriterOptions struct {
-	BatchSize     int           // flush when this many points are queued; default 5000
-	FlushInterval time.Duration // flush at least this often; default 1 s
-	WriteTimeout  time.Duration // of one store write; default 10 s
+	BatchSize     int               // flush when this many points are queued; default 5000
+	FlushInterval time.Duration     // flush at least this often; default 1 s
+	WriteTimeout  time.Duration     // of one store write; default 10 s
 	Retry         supervisor.Policy // backoff between replay attempts; default 100 ms doubling to 5 s
 	Log           *slog.Logger
 	Metrics       *Metrics

@@ -60,7 +60,9 @@ channels:
 		}
 	}()
 	nProduced := func() int { mu.Lock(); defer mu.Unlock(); return len(produced) }
-	ready := func() { testenv.Eventually(t, 15*time.Second, func() bool { c, _ := get(t, base+"/ready"); return c == 200 }, "ready") }
+	ready := func() {
+		testenv.Eventually(t, 15*time.Second, func() bool { c, _ := get(t, base+"/ready"); return c == 200 }, "ready")
+	}
 
 	node := start(t, nil, "run", "-c", cfg)
 	ready()
