@@ -206,6 +206,9 @@ func (w *Writer) write(ctx context.Context, batch []messages.PointUpdate) error 
 	defer cancel()
 	start := time.Now()
 	err := w.store.Write(wctx, batch)
+	if errors.Is(err, ErrRejected) {
+		return err // the store is up; the batch is the problem (reported by the caller)
+	}
 	if err != nil {
 		w.failures++
 		w.opt.Metrics.Errors.Inc()
