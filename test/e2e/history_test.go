@@ -91,6 +91,35 @@ channels:
 	want := nProduced()
 	testenv.Eventually(t, 30*time.Second, func() bool { return spoolEmpty(t, base) && influx.Count(t, "point") >= int64(want) },
 		"spool replayed into InfluxDB (have %d of %d)", influx.Count(t, "point"), want)
+	// The history API answers from InfluxDB (Flux), over the outage too.
+	code, body := get(t, base+"/api/history?point=7:m:1,7:m:2&start=-5m&end=now&every=1s&fn=count")
+	var h struct {
+		Series []struct {
+			Key    string `json:"key"`
+			Points []struct {
+				T int64   `json:"t"`
+				V float64 `json:"v"`
+			} `json:"points"`
+		} `json:"series"`
+	}
+	if code != 200 || json.Unmarshal([]byte(body), &h) != nil || len(h.Series) != 2 {
+		t.Fatalf("/api/history: %d %s", code, body)
+	}
+	total := 0.0
+	for _, p := range h.Series[0].Points {
+		total += p.V
+	}
+	mu.Lock()
+	published := 0
+	for k := range produced {
+		if strings.HasPrefix(k, "7:m:1@") {
+			published++
+		}
+	}
+	mu.Unlock()
+	if total < float64(published)*0.9 || total > float64(published) {
+		t.Fatalf("/api/history counts %v samples of 7:m:1 in 1 s windows, %d were published so far", total, published)
+	}
 	node.stop(15 * time.Second)
 	// The last updates of the shutdown reach this test's subscriber and
 	// InfluxDB independently: compare once both have settled.
