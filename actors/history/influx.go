@@ -37,7 +37,7 @@ type Influx struct {
 	query       api.QueryAPI
 	bucket      string
 	measurement string
-	log         *slog.Logger // errors are returned, not logged; kept for the lead's use
+	log         *slog.Logger // unused so far: errors are returned, not logged
 
 	mu  sync.Mutex // guards buf: one body at a time
 	buf []byte
@@ -154,7 +154,9 @@ func (s *Influx) Query(ctx context.Context, q Query) ([]Series, error) {
 	for i, k := range q.Points {
 		out[i].Key = k
 		out[i].Points = []Sample{}
-		index[k] = i
+		if _, dup := index[k]; !dup {
+			index[k] = i
+		}
 	}
 	for res.Next() {
 		r := res.Record()
@@ -176,6 +178,10 @@ func (s *Influx) Query(ctx context.Context, q Query) ([]Series, error) {
 		return nil, fmt.Errorf("influxdb query: %w", err)
 	}
 	for i := range out {
+		if first := index[out[i].Key]; first != i { // asked twice
+			out[i].Points = slices.Clone(out[first].Points)
+			continue
+		}
 		slices.SortFunc(out[i].Points, func(a, b Sample) int { return a.Time.Compare(b.Time) })
 	}
 	return out, nil
@@ -196,6 +202,11 @@ func (s *Influx) flux(q Query) (string, error) {
 	}
 	if len(q.Points) == 0 {
 		return "", errors.New("history query: no points")
+	}
+	for _, k := range q.Points {
+		if !k.Type.Valid() {
+			return "", fmt.Errorf("history query: point %v: bad type", k)
+		}
 	}
 	// Windows start at Unix epoch + offset + k*every; the offset puts one
 	// boundary on q.Start.

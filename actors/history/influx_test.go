@@ -163,6 +163,14 @@ func TestInfluxQuery(t *testing.T) {
 		len(got[1].Points) != 1 || got[1].Points[0].Value != 18 {
 		t.Errorf("count over 3 min: %+v", got)
 	}
+	// The same point asked twice gets its series twice.
+	got, err = s.Query(ctx, Query{Points: []messages.PointKey{keyA, keyA}, Start: start, End: start.Add(3 * time.Minute), Every: 3 * time.Minute, Fn: FnMax})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || len(got[0].Points) != 1 || len(got[1].Points) != 1 || got[0].Points[0] != got[1].Points[0] || got[1].Points[0].Value != 17 {
+		t.Errorf("point asked twice: %+v", got)
+	}
 	// A window not aligned to the minute: 90 s windows from start+30s.
 	got, err = s.Query(ctx, Query{Points: []messages.PointKey{keyA}, Start: start.Add(30 * time.Second), End: start.Add(210 * time.Second), Every: 90 * time.Second, Fn: FnCount})
 	if err != nil {
@@ -204,6 +212,7 @@ func TestInfluxQueryBad(t *testing.T) {
 	f(Query{Points: pts, Start: start, End: start, Every: time.Minute, Fn: FnMean})
 	f(Query{Points: pts, Start: start, End: start.Add(-time.Hour), Every: time.Minute, Fn: FnMean})
 	f(Query{Start: start, End: start.Add(time.Hour), Every: time.Minute, Fn: FnMean})
+	f(Query{Points: []messages.PointKey{{Channel: 1, Point: 1}}, Start: start, End: start.Add(time.Hour), Every: time.Minute, Fn: FnMean})
 }
 
 func TestNewInfluxBadConfig(t *testing.T) {
