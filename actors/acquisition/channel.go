@@ -191,7 +191,13 @@ func (c *channelActor) Receive(ctx actor.Context) {
 		c.start(ctx)
 	case *actor.Stopping, *actor.Restarting:
 		c.stop()
-	case *connectTick, *connectDone, *pollTick, *pollDone, *staleTick, *writeDone:
+	case *writeDone:
+		if c.stopped { // the write ended with the channel: its result still counts
+			c.spec.opt.Commands.CommandDone(m.p.cmd, &m.res)
+			return
+		}
+		c.internal(ctx, m)
+	case *connectTick, *connectDone, *pollTick, *pollDone, *staleTick:
 		if !c.stopped { // I/O cancelled by the stop reports back: ignore it
 			c.internal(ctx, m)
 		}
@@ -527,6 +533,10 @@ func (c *channelActor) pump() {
 	opt, ctx, point := c.spec.opt, c.ctxIO, &c.spec.ch.Points[p.index]
 	go func() {
 		res, rb := executeCommand(ctx, p, w, opt.Seen, opt.Commands, point, connected, lastErr, time.Now)
+		if ctx.Err() != nil { // the channel is stopping: record the result here, its actor may be gone
+			opt.Commands.CommandDone(p.cmd, &res)
+			return
+		}
 		c.sendTo(&writeDone{p: p, res: res, readback: rb})
 	}()
 }
