@@ -88,6 +88,12 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 	if isNull(n) {
 		return
 	}
+	if v.CanAddr() {
+		if nd, ok := v.Addr().Interface().(nodeDecoder); ok {
+			nd.decodeNode(d, n, path)
+			return
+		}
+	}
 	if v.Type() == durationType {
 		s, ok := d.scalar(n, path, "a duration")
 		if !ok {

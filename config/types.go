@@ -6,6 +6,8 @@ package config
 import (
 	"time"
 
+	"github.com/expr-lang/expr/vm"
+
 	"github.com/voltage-ems/voltage/messages"
 )
 
@@ -179,13 +181,44 @@ func (p *Point) Key(ch uint32) messages.PointKey {
 	return messages.PointKey{Channel: ch, Type: p.Type, Point: p.ID}
 }
 
-// Computation derives a point of a compute channel from other points.
+// Computation derives a point of a compute channel from other points. See
+// computations.go for the expression language and the checks made at load.
 type Computation struct {
-	Output     string   `yaml:"output"`
-	Name       string   `yaml:"name"`
-	Expression string   `yaml:"expression"`
-	Inputs     []string `yaml:"inputs"`
-	Line       int      `yaml:"-"`
+	Output     string  `yaml:"output"` // point key on a compute channel, e.g. "9001:m:1"
+	Name       string  `yaml:"name"`
+	Expression string  `yaml:"expression"`
+	Inputs     Inputs  `yaml:"inputs"`
+	Unit       string  `yaml:"unit"`
+	Deadband   float64 `yaml:"deadband"` // publish only moves larger than this; >= 0
+	Line       int     `yaml:"-"`
+
+	// OutputKey is Output parsed (set by Load).
+	OutputKey messages.PointKey `yaml:"-"`
+
+	program  *vm.Program    // compiled by Load, see Program
+	stateful []StatefulCall // call sites of stateful functions, see StatefulCalls
+}
+
+// Inputs are the points a computation reads. In YAML they are either a list
+// of point keys, bound in the expression as input1..inputN, or a mapping of
+// name -> point key (`inputs: {p: "1001:m:10001", q: "1001:m:10002"}`),
+// bound by name. Both forms may be empty or absent.
+type Inputs struct {
+	// Bindings are the inputs in file order.
+	Bindings []Binding
+	// Named is true when the inputs were written as a mapping.
+	Named bool
+}
+
+// Binding is one input of a computation: the name the expression uses for
+// it and the point it reads.
+type Binding struct {
+	Name string            // "input1".. for a list, the mapping key otherwise
+	Text string            // the point key as written in the file
+	Key  messages.PointKey // Text parsed (set by Load)
+	Line int               // line of the input in the YAML file
+
+	path string // YAML path for errors: "computations[0].inputs[1]" or "computations[0].inputs.p"
 }
 
 // Alarm is one alarm rule.

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"fmt"
 	"math"
 	"net"
 	"net/url"
@@ -241,42 +240,10 @@ func hasPoint(ps []Point, k messages.PointKey) bool {
 	return false
 }
 
+// validateComputations checks the computations, compiles their expressions
+// and checks that they form a DAG: see checkComputations in computations.go.
 func (l *loader) validateComputations(c *Config) {
-	firstOutput := map[messages.PointKey]int{}
-	for i, comp := range c.Computations {
-		p := indexPath("computations", i)
-		if strings.TrimSpace(comp.Output) == "" {
-			l.errorf(p+".output", "required (a point key of a compute channel, e.g. \"9001:m:1\")")
-		} else if k, err := messages.ParsePointKey(comp.Output); err != nil {
-			l.errorf(p+".output", "%v", err)
-		} else {
-			switch ch := c.Channel(k.Channel); {
-			case ch == nil:
-				l.errorf(p+".output", "channel %d is not declared (add a channel with protocol: compute)", k.Channel)
-			case ch.Protocol != ProtocolCompute:
-				l.errorf(p+".output", "channel %d is a %s channel, not a compute channel", k.Channel, ch.Protocol)
-			}
-			if first, dup := firstOutput[k]; dup {
-				l.errorf(p+".output", "duplicate output %s (first at line %d)", k, first)
-			} else {
-				firstOutput[k] = l.line(p + ".output")
-			}
-		}
-		if strings.TrimSpace(comp.Expression) == "" {
-			l.errorf(p+".expression", "required")
-		}
-		for j, in := range comp.Inputs {
-			ip := fmt.Sprintf("%s.inputs[%d]", p, j)
-			k, err := messages.ParsePointKey(in)
-			if err != nil {
-				l.errorf(ip, "%v", err)
-				continue
-			}
-			if _, pt := c.Point(k); pt == nil {
-				l.errorf(ip, "unknown point %s (not in a point table nor a computation output)", k)
-			}
-		}
-	}
+	l.checkComputations(c)
 }
 
 func (l *loader) validateAlarms(c *Config) {
