@@ -27,12 +27,10 @@ const influxdSkip = "influxd not found: build it with GOBIN=$PWD/bin go install 
 // harness), with its files in a directory of its own and both its listeners
 // (HTTP and the backup RPC service) on 127.0.0.1.
 type Influx struct {
-	t        testing.TB
+	process
 	HTTPPort int
 	RPCPort  int
 	dir      string
-	cmd      *exec.Cmd
-	done     chan struct{}
 }
 
 // URL is the base URL of the HTTP API (v1 and v2), without a trailing slash.
@@ -195,12 +193,10 @@ func (i *Influx) start() error {
 			i.cmd.Env = append(i.cmd.Env, kv)
 		}
 	}
-	i.done = make(chan struct{})
-	if err := i.cmd.Start(); err != nil {
+	done, err := i.run()
+	if err != nil {
 		return err
 	}
-	cmd, done := i.cmd, i.done
-	go func() { _ = cmd.Wait(); close(done) }()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
@@ -233,37 +229,10 @@ func (i *Influx) ping() error {
 	return nil
 }
 
-// Stop kills the server (as a crash would: what was acknowledged is in the
-// WAL and survives). Idempotent.
-func (i *Influx) Stop() {
-	if i.cmd != nil {
-		i.kill()
-		i.cmd = nil
-	}
-}
-
-func (i *Influx) kill() {
-	_ = i.cmd.Process.Kill()
-	<-i.done
-}
-
-// Restart starts the server again with the same ports and files: the data
-// survives. Started by StartInfluxDB, a failure fails the test.
-func (i *Influx) Restart() {
-	i.Stop()
-	var err error
-	for attempt := 0; attempt < 50; attempt++ { // the ports may linger briefly
-		if err = i.start(); err == nil {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if i.t != nil {
-		i.t.Helper()
-		i.t.Fatalf("restart influxd on %s: %v", i.URL(), err)
-	}
-	panic(fmt.Sprintf("restart influxd on %s: %v", i.URL(), err))
-}
+// Restart starts the server again with the same ports and files (Stop
+// kills it as a crash would: what was acknowledged is in the WAL and
+// survives). Started by StartInfluxDB, a failure fails the test.
+func (i *Influx) Restart() { i.restart(i.start, "influxd on "+i.URL()) }
 
 // Exec runs an InfluxQL statement that returns no rows (CREATE, DROP)
 // through the 1.x /query API.

@@ -56,11 +56,9 @@ func PickPort() (int, error) {
 
 // Redis is a redis-server process owned by one test.
 type Redis struct {
-	t    testing.TB
+	process
 	Port int
 	dir  string
-	cmd  *exec.Cmd
-	done chan struct{}
 }
 
 // Addr is host:port of the server.
@@ -118,12 +116,10 @@ func (r *Redis) start() error {
 		"--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", r.dir,
 		"--logfile", filepath.Join(r.dir, "redis.log"))
-	r.done = make(chan struct{})
-	if err := r.cmd.Start(); err != nil {
+	done, err := r.run()
+	if err != nil {
 		return err
 	}
-	cmd, done := r.cmd, r.done
-	go func() { _ = cmd.Wait(); close(done) }()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
@@ -141,35 +137,58 @@ func (r *Redis) start() error {
 	return fmt.Errorf("redis-server on %s did not answer PING within 5s", r.Addr())
 }
 
-// Stop kills the server (as a crash would: nothing is saved). Idempotent.
-func (r *Redis) Stop() {
-	if r.cmd != nil {
-		r.kill()
-		r.cmd = nil
+// Restart starts the server again on the same port, empty (Stop kills it
+// as a crash would: nothing is saved). Started by StartRedis, a failure
+// fails the test.
+func (r *Redis) Restart() { r.restart(r.start, "redis-server on "+r.Addr()) }
+
+// process is a server process owned by a test (t set) or a harness.
+type process struct {
+	t    testing.TB
+	cmd  *exec.Cmd
+	done chan struct{} // closed when the process has exited
+}
+
+// run starts p.cmd and returns the channel closed when it exits.
+func (p *process) run() (<-chan struct{}, error) {
+	p.done = make(chan struct{})
+	if err := p.cmd.Start(); err != nil {
+		return nil, err
+	}
+	cmd, done := p.cmd, p.done
+	go func() { _ = cmd.Wait(); close(done) }()
+	return done, nil
+}
+
+// Stop kills the server. Idempotent.
+func (p *process) Stop() {
+	if p.cmd != nil {
+		p.kill()
+		p.cmd = nil
 	}
 }
 
-func (r *Redis) kill() {
-	_ = r.cmd.Process.Kill()
-	<-r.done
+func (p *process) kill() {
+	_ = p.cmd.Process.Kill()
+	<-p.done
 }
 
-// Restart starts the server again on the same port, empty. Started by
-// StartRedis, a failure fails the test.
-func (r *Redis) Restart() {
-	r.Stop()
+// restart stops the server and calls start until it succeeds (the ports
+// may linger briefly); failing that it fails the test, or panics outside one.
+func (p *process) restart(start func() error, what string) {
+	p.Stop()
 	var err error
-	for attempt := 0; attempt < 50; attempt++ { // the port may linger briefly
-		if err = r.start(); err == nil {
+	for attempt := 0; attempt < 50; attempt++ {
+		if err = start(); err == nil {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if r.t != nil {
-		r.t.Helper()
-		r.t.Fatalf("restart redis-server on %s: %v", r.Addr(), err)
+	if p.t != nil {
+		p.t.Helper()
+		p.t.Fatalf("restart %s: %v", what, err)
 	}
-	panic(fmt.Sprintf("restart redis-server on %s: %v", r.Addr(), err))
+	panic(fmt.Sprintf("restart %s: %v", what, err))
 }
 
 // pingRedis speaks just enough RESP to see that the server answers.
