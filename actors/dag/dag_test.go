@@ -23,7 +23,11 @@ type collect struct {
 	ups []messages.PointUpdate
 }
 
-func (c *collect) Publish(u *messages.PointUpdate) { c.mu.Lock(); c.ups = append(c.ups, *u); c.mu.Unlock() }
+func (c *collect) Publish(u *messages.PointUpdate) {
+	c.mu.Lock()
+	c.ups = append(c.ups, *u)
+	c.mu.Unlock()
+}
 
 func (c *collect) of(key string) []messages.PointUpdate {
 	c.mu.Lock()
