@@ -33,6 +33,9 @@ type Deps struct {
 	// delivers command results to waiting requests); cancel it when the
 	// node stops. Nil: context.Background(), for the life of the process.
 	Context context.Context
+	// Computations lists the computations with their state for
+	// /api/computations (nil: 503).
+	Computations func(ctx context.Context) (any, error)
 	// History answers /api/history (nil: 503).
 	History HistoryQuerier
 	// Sessions starts a live session per WebSocket connection (nil: /ws
@@ -74,6 +77,7 @@ func NewHandler(d Deps) http.Handler {
 	api := viewer.Group("/api")
 	api.GET("/channels", s.channels)
 	api.GET("/channels/:id", s.channel)
+	api.GET("/computations", s.computations)
 	api.GET("/history", s.history)
 	api.GET("/points", s.pointsByPattern)
 	api.GET("/points/:ch/:type/:pt", s.point)
@@ -208,4 +212,17 @@ func (s *server) point(c *gin.Context) {
 		return
 	}
 	c.JSON(http.StatusOK, vals[0])
+}
+
+func (s *server) computations(c *gin.Context) {
+	if s.d.Computations == nil {
+		abort(c, http.StatusServiceUnavailable, "unavailable", "computations are not running on this node")
+		return
+	}
+	items, err := s.d.Computations(c.Request.Context())
+	if err != nil {
+		abort(c, http.StatusServiceUnavailable, "unavailable", "computations: "+err.Error())
+		return
+	}
+	c.JSON(http.StatusOK, items)
 }

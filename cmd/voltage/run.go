@@ -25,6 +25,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/voltage-ems/voltage/actors/acquisition"
+	"github.com/voltage-ems/voltage/actors/dag"
 	"github.com/voltage-ems/voltage/actors/history"
 	"github.com/voltage-ems/voltage/actors/node"
 	"github.com/voltage-ems/voltage/actors/redisbus"
@@ -102,17 +103,18 @@ func (n *nodeRun) run(ctx context.Context) error {
 	// backoff, so keep go-redis's at debug.
 	redis.SetLogger(redisLog{log.With("component", "go-redis")})
 	var (
-		ro       *redis.Options
-		reg      = prometheus.NewRegistry()
-		system   *actor.ActorSystem
-		rootPID  *actor.PID
-		channels *actor.PID
-		writer   *redisbus.Writer
-		api      *redis.Client
-		feed     *session.Feed
-		sessions *session.Opener
-		hist     *history.Writer
-		store    history.Store
+		ro           *redis.Options
+		reg          = prometheus.NewRegistry()
+		system       *actor.ActorSystem
+		rootPID      *actor.PID
+		channels     *actor.PID
+		writer       *redisbus.Writer
+		api          *redis.Client
+		feed         *session.Feed
+		sessions     *session.Opener
+		hist         *history.Writer
+		computations func(ctx context.Context) (any, error)
+		store        history.Store
 	)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -161,7 +163,13 @@ func (n *nodeRun) run(ctx context.Context) error {
 		hubPID := system.NewLocalPID("voltage/sessions")
 		feed = session.NewFeed(func(b *messages.PointUpdates) { system.Root.Send(hubPID, b) }, 20*time.Millisecond)
 		n.onStop("session feed", feed.Stop)
-		sink := acquisition.Tee{writer, feed, hist}
+		// Computations read this node's updates through a feed of their own
+		// and publish their outputs to the same sinks, except that feed.
+		dagPID := system.NewLocalPID("voltage/dag")
+		dagFeed := session.NewFeed(func(b *messages.PointUpdates) { system.Root.Send(dagPID, b) }, 20*time.Millisecond)
+		n.onStop("computation feed", dagFeed.Stop)
+		outputs := acquisition.Tee{writer, feed, hist}
+		sink := acquisition.Tee{writer, feed, hist, dagFeed}
 		var known []messages.PointKey
 		for i := range cfg.Channels {
 			for j := range cfg.Channels[i].Points {
@@ -201,6 +209,9 @@ func (n *nodeRun) run(ctx context.Context) error {
 			{Name: "redis-subscriber", Props: subProps},
 			{Name: "history", Props: actor.PropsFromProducer(func() actor.Actor { return &history.WriterActor{W: hist} })},
 			{Name: "sessions", Props: session.NewHubProps(known, readPoints, strategy("session"))},
+			{Name: "dag", Props: dag.NewProps(dag.Options{Config: cfg, Node: cfg.Node.Name, Sink: outputs,
+				Store: dag.RedisStateStore{Client: api}, Log: log.With("component", "dag"),
+				Supervisor: strategy("computation")}, stats.For)},
 			{Name: "channels", Props: acquisition.NewChannelsProps(chans, strategy("channel"))},
 		}, strategy("service"))
 		rootPID, err = system.Root.SpawnNamed(root, "voltage")
@@ -215,6 +226,14 @@ func (n *nodeRun) run(ctx context.Context) error {
 		subscriber := system.NewLocalPID("voltage/redis-subscriber")
 		system.Root.Send(subscriber, &redisbus.RegisterConsumer{PID: hubPID})
 		system.Root.Send(subscriber, &redisbus.RegisterConsumer{PID: system.NewLocalPID("voltage/history")})
+		system.Root.Send(subscriber, &redisbus.RegisterConsumer{PID: dagPID})
+		computations = func(ctx context.Context) (any, error) {
+			res, err := system.Root.RequestFuture(dagPID, &dag.GetComputations{}, time.Second).Result()
+			if err != nil {
+				return nil, err
+			}
+			return res.(*dag.Computations).Items, nil
+		}
 		sessions = session.NewOpener(system.Root, hubPID)
 		n.onStop("actors", func() {
 			if err := system.Root.PoisonFuture(rootPID).Wait(); err != nil {
@@ -231,7 +250,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 	if err := n.step("http", func() error {
 		h := web.NewHandler(web.Deps{
 			Config: cfg, Redis: api, Gatherer: reg, Version: version, Log: log.With("component", "http"), Context: ctx,
-			Sessions: sessions, History: store,
+			Sessions: sessions, History: store, Computations: computations,
 			Status: func(ctx context.Context, id uint32) (*messages.ChannelStatus, error) {
 				res, err := system.Root.RequestFuture(channels, &messages.GetChannelStatus{ChannelID: id}, time.Second).Result()
 				if err != nil {

@@ -190,6 +190,14 @@ func TestDemoWithEmbeddedDefaults(t *testing.T) {
 		v := rdb.HGetAll(ctx, "comsrv:1002:m:q").Val()
 		return len(q) >= 10 && q["10001"] == "good" && v["1"] == "good"
 	}, "demo values from the Modbus simulator and the virtual channel in the embedded redis")
+	// The demo's computation: total_power = PCS active power + PV power.
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return rdb.HGet(ctx, "comsrv:9001:m:q", "1").Val() == "good"
+	}, "computed point 9001:m:1 in redis")
+	code, body := getAuth(t, base+"/api/computations", "demo-viewer-token-0001")
+	if code != 200 || !strings.Contains(body, `"output":"9001:m:1"`) || !strings.Contains(body, `"quality":"good"`) {
+		t.Fatalf("/api/computations: %d %s", code, body)
+	}
 	v1 := rdb.HGet(ctx, "comsrv:1001:m:ts", "10001").Val()
 	testenv.Eventually(t, 10*time.Second, func() bool { return rdb.HGet(ctx, "comsrv:1001:m:ts", "10001").Val() != v1 }, "values keep moving")
 }
