@@ -32,6 +32,10 @@ type Options struct {
 	// LevelTimeout bounds a level's evaluation; a node that does not answer
 	// in time (it is restarting) gives its output quality bad. Default 1 s.
 	LevelTimeout time.Duration
+	// OnWave, when set, is called after each wave with the input updates
+	// it took, the evaluations it ran and the sample time of its oldest
+	// input (latency: done - oldest). Called on the actor's goroutine.
+	OnWave func(inputs, evaluations int, oldest, done time.Time)
 }
 
 // GetComputations asks the DAG for the state of every computation.
@@ -89,6 +93,9 @@ type Coordinator struct {
 
 	queue   []messages.PointUpdate
 	inWave  bool
+	waveIn  int       // input updates of the running wave
+	waveEv  int       // evaluations of the running wave
+	oldest  time.Time // sample time of the wave's oldest input
 	wave    uint64
 	level   int
 	dirty   []bool
@@ -166,7 +173,11 @@ func (c *Coordinator) startWave(ctx actor.Context) {
 	if c.inWave || len(c.queue) == 0 {
 		return
 	}
+	c.waveIn, c.waveEv, c.oldest = len(c.queue), 0, time.Time{}
 	for _, u := range c.queue {
+		if t := time.UnixMilli(u.Timestamp); c.oldest.IsZero() || t.Before(c.oldest) {
+			c.oldest = t
+		}
 		old := c.vals[u.Key]
 		s := inputValue{v: u.Value, q: u.Quality, ok: true}
 		if u.Quality == messages.CommLost || u.Quality == messages.Stale || u.Quality == messages.Bad {
@@ -213,6 +224,7 @@ func (c *Coordinator) runLevel(ctx actor.Context) {
 			}
 			ctx.Request(c.nodes[i], &evaluate{wave: c.wave, idx: i, inputs: in, now: c.now})
 			c.pending++
+			c.waveEv++
 		}
 		if c.pending > 0 {
 			wave, level, self, root := c.wave, c.level, ctx.Self(), ctx.ActorSystem().Root
@@ -221,6 +233,9 @@ func (c *Coordinator) runLevel(ctx actor.Context) {
 		}
 	}
 	c.inWave = false
+	if c.opt.OnWave != nil {
+		c.opt.OnWave(c.waveIn, c.waveEv, c.oldest, time.Now())
+	}
 	c.startWave(ctx) // what arrived meanwhile
 }
 
