@@ -211,7 +211,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 			{Name: "sessions", Props: session.NewHubProps(known, readPoints, strategy("session"))},
 			{Name: "dag", Props: dag.NewProps(dag.Options{Config: cfg, Node: cfg.Node.Name, Sink: outputs,
 				Store: dag.RedisStateStore{Client: api}, Log: log.With("component", "dag"),
-				Supervisor: strategy("computation")}, stats.For)},
+				Supervisor: strategy("computation"), OnWave: dagMetrics(reg)}, stats.For)},
 			{Name: "channels", Props: acquisition.NewChannelsProps(chans, strategy("channel"))},
 		}, strategy("service"))
 		rootPID, err = system.Root.SpawnNamed(root, "voltage")
@@ -358,4 +358,20 @@ type redisLog struct{ log *slog.Logger }
 
 func (l redisLog) Printf(ctx context.Context, format string, v ...interface{}) {
 	l.log.DebugContext(ctx, fmt.Sprintf(format, v...))
+}
+
+// dagMetrics exports the computation waves: evaluations and the latency from
+// the oldest input sample of a wave to its end.
+func dagMetrics(reg prometheus.Registerer) func(inputs, evaluations int, oldest, done time.Time) {
+	evals := prometheus.NewCounter(prometheus.CounterOpts{Name: "voltage_dag_evaluations_total", Help: "Computations evaluated."})
+	waves := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "voltage_dag_wave_seconds",
+		Help:    "From the oldest input sample of a computation wave to all its outputs published.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)})
+	reg.MustRegister(evals, waves)
+	return func(_, evaluations int, oldest, done time.Time) {
+		evals.Add(float64(evaluations))
+		if !oldest.IsZero() {
+			waves.Observe(done.Sub(oldest).Seconds())
+		}
+	}
 }
