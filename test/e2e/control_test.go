@@ -154,7 +154,13 @@ channels:
 	if regs, _ := dev.ReadHoldingRegisters(100, 2); math.Float32frombits(binary.BigEndian.Uint32(regs)) != -123.25 {
 		t.Fatal("the command sent while Redis was down was written later")
 	}
-	// And control works again.
+	// And control works again once the node has subscribed to its control
+	// channel on the new Redis (go-redis re-subscribes shortly after the
+	// reconnect; until then the API rightly answers 503 channel_offline).
+	testenv.Eventually(t, 15*time.Second, func() bool {
+		n, _ := rdb.PubSubNumSub(context.Background(), "cmd:1001:control").Result()
+		return n["cmd:1001:control"] == 1
+	}, "control channel subscribed again")
 	code, body = post(t, base+"/control/1001/1", opToken, `{"type":"a","value":10,"wait":"3s"}`)
 	if code != 200 || !bytes.Contains([]byte(body), []byte(`"success"`)) {
 		t.Fatalf("control after the outage: %d %s", code, body)
