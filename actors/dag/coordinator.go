@@ -175,6 +175,10 @@ func (c *Coordinator) startWave(ctx actor.Context) {
 	}
 	c.waveIn, c.waveEv, c.oldest = len(c.queue), 0, time.Time{}
 	for _, u := range c.queue {
+		readers := c.g.readers[u.Key]
+		if len(readers) == 0 {
+			continue // no computation reads this point
+		}
 		if t := time.UnixMilli(u.Timestamp); c.oldest.IsZero() || t.Before(c.oldest) {
 			c.oldest = t
 		}
@@ -188,7 +192,7 @@ func (c *Coordinator) startWave(ctx actor.Context) {
 			continue
 		}
 		c.vals[u.Key] = s
-		for _, r := range c.g.readers[u.Key] {
+		for _, r := range readers {
 			c.dirty[r] = true
 		}
 	}
