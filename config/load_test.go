@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -126,13 +127,28 @@ func TestParseErrors(t *testing.T) {
 		`plant.yaml:8: alarms[1].id: duplicate alarm id "a" (first at line 7)`)
 	f(tcpChannel+"alarms:\n  - {id: a, point: \"1001:m:3\", condition: \">\", threshold: 1}\n", `plant.yaml:7: alarms[0].point: unknown point 1001:m:3`)
 	f(tcpChannel+"alarms:\n  - {id: a, point: \"1001\", condition: \">\", threshold: 1}\n", `plant.yaml:7: alarms[0].point: bad point key "1001"`)
-	f(tcpChannel+"alarms:\n  - {id: a, point: \"1001:m:10001\", condition: \"=>\", threshold: 1}\n", `plant.yaml:7: alarms[0].condition: unknown condition "=>" (want > >= < <= == !=)`)
+	f(tcpChannel+"alarms:\n  - {id: a, point: \"1001:m:10001\", condition: \"=>\", threshold: 1}\n", `plant.yaml:7: alarms[0].condition: unknown condition "=>" (want > >= < <= == != or bands)`)
 	f(tcpChannel+"alarms:\n  - {id: a, point: \"1001:m:10001\", condition: \">\"}\n", `plant.yaml:7: alarms[0].threshold: required`)
 	f(tcpChannel+"alarms:\n  - {id: a, point: \"1001:m:10001\", condition: \">\", threshold: .nan}\n", `plant.yaml:7: alarms[0].threshold: must be a finite number`)
 	f(tcpChannel+"alarms:\n  - {id: a, point: \"1001:m:10001\", condition: \">\", threshold: 1, level: urgent}\n", `plant.yaml:7: alarms[0].level: unknown level "urgent" (want critical, major, minor, warning, info)`)
 	f(tcpChannel+"alarms:\n  - {id: a, point: \"1001:m:10001\", condition: \">\", threshold: 1, deadband: -1}\n", `plant.yaml:7: alarms[0].deadband: must be a finite number >= 0`)
 	f(tcpChannel+"alarms:\n  - id: a\n    point: \"1001:m:10001\"\n    condition: \">\"\n    threshold: 1\n    on_delay: -1s\n", `plant.yaml:11: alarms[0].on_delay: must not be negative, got -1s`)
 	f(tcpChannel+"alarms:\n  - id: a\n    point: \"1001:m:10001\"\n    condition: \">\"\n    threshold: 1\n    off_delay: -1s\n", `plant.yaml:11: alarms[0].off_delay: must not be negative, got -1s`)
+	f(tcpChannel+"alarms:\n  - {id: a, point: \"1001:m:10001\", condition: \">\", threshold: 1, escalate_after: -1m}\n", `plant.yaml:7: alarms[0].escalate_after: must not be negative, got -1m0s`)
+	f(tcpChannel+"alarms:\n  - {id: \"a b\", point: \"1001:m:10001\", condition: \">\", threshold: 1}\n", `plant.yaml:7: alarms[0].id: "a b": use 1-128 letters`)
+	f(tcpChannel+"alarms:\n  - {id: a, point: \"1001:m:10001\", condition: hi, threshold: 1}\n", `plant.yaml:7: alarms[0].condition: unknown condition "hi" (want > >= < <= == != or bands; for ISA limits write condition: bands and bands: {hi: N})`)
+	f(tcpChannel+"alarms:\n  - {id: a, point: \"1001:m:10001\", condition: \"==\", threshold: 1, deadband: 0.5}\n", `plant.yaml:7: alarms[0].deadband: not used with condition "==" (for discrete values); remove it`)
+	f(tcpChannel+"alarms:\n  - {id: a, point: \"1001:m:10001\", condition: \">\", threshold: 1, message: \"{value} {units}\"}\n", `plant.yaml:7: alarms[0].message: unknown placeholder {units} (want {value} {threshold} {point} {unit} {name})`)
+	f(tcpChannel+"alarms:\n  - {id: a, point: \"1001:m:10001\", condition: \">\", threshold: 1, notify: [\"ftp://x/y\"]}\n", `plant.yaml:7: alarms[0].notify[0]: want an http:// or https:// webhook URL, got scheme "ftp"`)
+	f(tcpChannel+"alarms:\n  - {id: a, point: \"1001:m:10001\", condition: \">\", threshold: 1, notify: [\"http:///hook\"]}\n", `plant.yaml:7: alarms[0].notify[0]: the URL has no host`)
+	f(tcpChannel+"alarms:\n  - {id: a, point: \"1001:m:10001\", condition: bands}\n", `plant.yaml:7: alarms[0].bands: required with condition "bands"`)
+	f(tcpChannel+"alarms:\n  - {id: a, point: \"1001:m:10001\", condition: bands, threshold: 3, bands: {hi: 2}}\n", `plant.yaml:7: alarms[0].threshold: not used with condition "bands"`)
+	f(tcpChannel+"alarms:\n  - {id: a, point: \"1001:m:10001\", condition: \">\", threshold: 3, bands: {hi: 2}}\n", `plant.yaml:7: alarms[0].bands: only used with condition "bands"`)
+	f(tcpChannel+"alarms:\n  - id: a\n    point: \"1001:m:10001\"\n    condition: bands\n    bands:\n      hihi: 10\n      hi: 12\n", `plant.yaml:12: alarms[0].bands.hi.threshold: 12 must be below hihi (10): limits go hihi > hi > lo > lolo`)
+	f(tcpChannel+"alarms:\n  - id: a\n    point: \"1001:m:10001\"\n    condition: bands\n    bands:\n      hi: {level: minor}\n", `plant.yaml:11: alarms[0].bands.hi.threshold: required`)
+	f(tcpChannel+"alarms:\n  - id: a\n    point: \"1001:m:10001\"\n    condition: bands\n    bands:\n      hi: {threshold: 3, level: loud}\n", `plant.yaml:11: alarms[0].bands.hi.level: unknown level "loud"`)
+	f(tcpChannel+"alarms:\n  - id: a\n    point: \"1001:m:10001\"\n    condition: bands\n    bands:\n      hi: [3]\n", `plant.yaml:11: alarms[0].bands.hi: want a number or {threshold: N, level: L}, got a list`)
+	f(tcpChannel+"alarms:\n  - id: a\n    point: \"1001:m:10001\"\n    condition: bands\n    bands:\n      high: 3\n", `plant.yaml:11: alarms[0].bands.high: unknown field (want hihi, hi, lo, lolo)`)
 	// Auth.
 	f("auth:\n  tokens:\n    - {token: abcdefghijklmnopq, role: viewer}\n", `plant.yaml:3: auth.tokens[0].name: required`)
 	f("auth:\n  tokens:\n    - {name: a, token: abcdefghijklmnopq, role: viewer}\n    - {name: a, token: bbcdefghijklmnopq, role: viewer}\n", `plant.yaml:4: auth.tokens[1].name: duplicate token name "a" (first at line 3)`)
@@ -396,5 +412,36 @@ func TestManyErrors(t *testing.T) {
 	}
 	if n := strings.Count(got, "\n"); n < 35 {
 		t.Errorf("%d errors, want all of them (35 or more)", n)
+	}
+}
+
+// TestAlarmBands: the band shorthand, default levels and the limits in order.
+func TestAlarmBands(t *testing.T) {
+	cfg, err := parse(tcpChannel + `alarms:
+  - id: v
+    point: "1001:m:10001"
+    condition: bands
+    bands:
+      hihi: {threshold: 260}
+      hi: 250
+      lo: {threshold: 210, level: warning}
+      lolo: 200
+    deadband: 2
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := cfg.Alarms[0].Limits()
+	want := []BandLimit{
+		{Name: "hihi", Op: ">", Threshold: 260, Level: "critical", Severity: 2},
+		{Name: "hi", Op: ">", Threshold: 250, Level: "major", Severity: 1},
+		{Name: "lolo", Op: "<", Threshold: 200, Level: "critical", Severity: 2},
+		{Name: "lo", Op: "<", Threshold: 210, Level: "warning", Severity: 1},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("limits:\n got %+v\nwant %+v", got, want)
+	}
+	if cfg.Alarms[0].Line != 7 || cfg.Alarms[0].Level != "major" {
+		t.Fatalf("line %d level %q, want 7 major", cfg.Alarms[0].Line, cfg.Alarms[0].Level)
 	}
 }

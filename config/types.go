@@ -221,16 +221,39 @@ type Binding struct {
 	path string // YAML path for errors: "computations[0].inputs[1]" or "computations[0].inputs.p"
 }
 
-// Alarm is one alarm rule.
+// Alarm is one alarm rule (docs/alarms.md).
 type Alarm struct {
-	ID        string        `yaml:"id"`
-	Point     string        `yaml:"point"`
-	Condition string        `yaml:"condition"`
-	Threshold float64       `yaml:"threshold"`
-	Deadband  float64       `yaml:"deadband"`
-	OnDelay   time.Duration `yaml:"on_delay"`
-	OffDelay  time.Duration `yaml:"off_delay"`
-	Level     string        `yaml:"level"`
-	Message   string        `yaml:"message"`
-	Line      int           `yaml:"-"`
+	ID        string  `yaml:"id"`
+	Point     string  `yaml:"point"`
+	Condition string  `yaml:"condition"` // > >= < <= == != or "bands"
+	Threshold float64 `yaml:"threshold"`
+	// Bands are the ISA limits of condition "bands".
+	Bands    Bands         `yaml:"bands"`
+	Deadband float64       `yaml:"deadband"`
+	OnDelay  time.Duration `yaml:"on_delay"`
+	OffDelay time.Duration `yaml:"off_delay"`
+	Level    string        `yaml:"level"`
+	// Message is a template with {value} {threshold} {point} {unit} {name}.
+	Message string `yaml:"message"`
+	// EscalateAfter, when set, raises the level one step each time the
+	// alarm stays unacknowledged that long.
+	EscalateAfter time.Duration `yaml:"escalate_after"`
+	// Notify lists webhook URLs that receive every event of the rule.
+	Notify []string `yaml:"notify"`
+	Line   int      `yaml:"-"`
+}
+
+// Bands are the hihi/hi/lo/lolo limits of an alarm; nil ones are unused.
+type Bands struct {
+	HiHi *Band `yaml:"hihi"`
+	Hi   *Band `yaml:"hi"`
+	Lo   *Band `yaml:"lo"`
+	LoLo *Band `yaml:"lolo"`
+}
+
+// Band is one limit: a threshold and the level of the alarm beyond it. In
+// YAML it is either a number (the threshold) or {threshold, level}.
+type Band struct {
+	Threshold float64 `yaml:"threshold"`
+	Level     string  `yaml:"level"`
 }

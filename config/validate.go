@@ -1,7 +1,6 @@
 package config
 
 import (
-	"math"
 	"net"
 	"net/url"
 	"reflect"
@@ -27,8 +26,6 @@ var (
 		ProtocolVirtual:   {},
 		ProtocolCompute:   {},
 	}
-	conditions = []string{">", ">=", "<", "<=", "==", "!="}
-	levels     = []string{"critical", "major", "minor", "warning", "info"}
 	roles      = []string{"viewer", "operator", "admin"}
 )
 
@@ -244,48 +241,6 @@ func hasPoint(ps []Point, k messages.PointKey) bool {
 // and checks that they form a DAG: see checkComputations in computations.go.
 func (l *loader) validateComputations(c *Config) {
 	l.checkComputations(c)
-}
-
-func (l *loader) validateAlarms(c *Config) {
-	firstID := map[string]int{}
-	for i := range c.Alarms {
-		a := &c.Alarms[i]
-		p := indexPath("alarms", i)
-		if strings.TrimSpace(a.ID) == "" {
-			l.errorf(p+".id", "required")
-		} else if first, dup := firstID[a.ID]; dup {
-			l.errorf(p+".id", "duplicate alarm id %q (first at line %d)", a.ID, first)
-		} else {
-			firstID[a.ID] = l.line(p + ".id")
-		}
-		if strings.TrimSpace(a.Point) == "" {
-			l.errorf(p+".point", "required (a point key, e.g. \"1001:m:10001\")")
-		} else if k, err := messages.ParsePointKey(a.Point); err != nil {
-			l.errorf(p+".point", "%v", err)
-		} else if _, pt := c.Point(k); pt == nil {
-			l.errorf(p+".point", "unknown point %s", k)
-		}
-		if !contains(conditions, a.Condition) {
-			l.errorf(p+".condition", "unknown condition %q (want %s)", a.Condition, strings.Join(conditions, " "))
-		}
-		if !l.isSet(p + ".threshold") {
-			l.errorf(p+".threshold", "required")
-		} else if math.IsNaN(a.Threshold) || math.IsInf(a.Threshold, 0) {
-			l.errorf(p+".threshold", "must be a finite number")
-		}
-		if !contains(levels, a.Level) {
-			l.errorf(p+".level", "unknown level %q (want %s)", a.Level, strings.Join(levels, ", "))
-		}
-		if math.IsNaN(a.Deadband) || math.IsInf(a.Deadband, 0) || a.Deadband < 0 {
-			l.errorf(p+".deadband", "must be a finite number >= 0")
-		}
-		if a.OnDelay < 0 {
-			l.errorf(p+".on_delay", "must not be negative, got %s", a.OnDelay)
-		}
-		if a.OffDelay < 0 {
-			l.errorf(p+".off_delay", "must not be negative, got %s", a.OffDelay)
-		}
-	}
 }
 
 // validateAuth checks the API tokens. Messages never include a token value.
