@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -12,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/voltage-ems/voltage/actors/alarm"
 	"github.com/voltage-ems/voltage/config"
 	"github.com/voltage-ems/voltage/messages"
 )
@@ -38,6 +40,9 @@ type Deps struct {
 	Computations func(ctx context.Context) (any, error)
 	// History answers /api/history (nil: 503).
 	History HistoryQuerier
+	// Alarms carries acknowledgements and shelving to the alarm actors
+	// (nil: those routes answer 503; reads come from Redis).
+	Alarms AlarmActions
 	// Sessions starts a live session per WebSocket connection (nil: /ws
 	// answers 503).
 	Sessions SessionOpener
@@ -82,8 +87,14 @@ func NewHandler(d Deps) http.Handler {
 	api.GET("/points", s.pointsByPattern)
 	api.GET("/points/:ch/:type/:pt", s.point)
 	api.GET("/commands/:id", s.command)
+	api.GET("/alarms", s.listAlarms)
+	api.GET("/alarms/events", s.alarmEvents)
+	api.GET("/alarms/:id", s.getAlarm)
 	operator := r.Group("/", s.auth.authenticate, s.auth.require(roleOperator))
 	operator.POST("/control/:channel_id/:point_id", s.control)
+	operator.POST("/api/alarms/:id/ack", s.ackAlarm)
+	operator.POST("/api/alarms/:id/shelve", s.shelveAlarm)
+	operator.POST("/api/alarms/:id/unshelve", s.unshelveAlarm)
 	registerDashboard(r)
 	r.NoRoute(func(c *gin.Context) {
 		abort(c, http.StatusNotFound, "not_found", "no route "+c.Request.Method+" "+c.Request.URL.Path)
@@ -96,6 +107,9 @@ type server struct {
 	points  *pointIndex
 	auth    *authenticator
 	results *resultWaiter
+
+	alarmOnce sync.Once
+	rules     map[string]*alarm.Rule
 }
 
 type apiError struct {

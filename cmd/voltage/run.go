@@ -25,6 +25,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/voltage-ems/voltage/actors/acquisition"
+	"github.com/voltage-ems/voltage/actors/alarm"
+	"github.com/voltage-ems/voltage/actors/alarm/notify"
 	"github.com/voltage-ems/voltage/actors/dag"
 	"github.com/voltage-ems/voltage/actors/history"
 	"github.com/voltage-ems/voltage/actors/node"
@@ -114,6 +116,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 		sessions     *session.Opener
 		hist         *history.Writer
 		computations func(ctx context.Context) (any, error)
+		alarmActions web.AlarmActions
 		store        history.Store
 	)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -168,8 +171,25 @@ func (n *nodeRun) run(ctx context.Context) error {
 		dagPID := system.NewLocalPID("voltage/dag")
 		dagFeed := session.NewFeed(func(b *messages.PointUpdates) { system.Root.Send(dagPID, b) }, 20*time.Millisecond)
 		n.onStop("computation feed", dagFeed.Stop)
-		outputs := acquisition.Tee{writer, feed, hist}
-		sink := acquisition.Tee{writer, feed, hist, dagFeed}
+		// Alarm rules read this node's updates and computed points through a
+		// third feed, flushed more often: update -> event latency.
+		alarmsPID := system.NewLocalPID("voltage/alarms")
+		alarmFeed := session.NewFeed(func(b *messages.PointUpdates) { system.Root.Send(alarmsPID, b) }, 5*time.Millisecond)
+		n.onStop("alarm feed", alarmFeed.Stop)
+		outputs := acquisition.Tee{writer, feed, hist, alarmFeed}
+		sink := acquisition.Tee{writer, feed, hist, dagFeed, alarmFeed}
+		alarmRedis := redis.NewClient(ro)
+		n.onStop("alarm redis client", func() { _ = alarmRedis.Close() })
+		var alarmStore *alarm.Store
+		alarmMetrics := alarm.NewMetrics(reg, func() float64 { return float64(alarmStore.Queued()) })
+		alarmStore = alarm.NewStore(alarmRedis, alarm.StoreOptions{Log: log.With("component", "alarm-store"), Metrics: alarmMetrics})
+		n.onStop("alarm store", func() { alarmStore.Stop(5 * time.Second) })
+		notifier := notify.New(notify.Options{Log: log.With("component", "alarm-notify"), Metrics: notify.NewMetrics(reg)})
+		n.onStop("alarm webhooks", func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			notifier.Stop(sctx)
+		})
 		var known []messages.PointKey
 		for i := range cfg.Channels {
 			for j := range cfg.Channels[i].Points {
@@ -212,6 +232,12 @@ func (n *nodeRun) run(ctx context.Context) error {
 			{Name: "dag", Props: dag.NewProps(dag.Options{Config: cfg, Node: cfg.Node.Name, Sink: outputs,
 				Store: dag.RedisStateStore{Client: api}, Log: log.With("component", "dag"),
 				Supervisor: strategy("computation"), OnWave: dagMetrics(reg)}, stats.For)},
+			{Name: "alarms", Props: alarm.NewProps(alarm.Options{Config: cfg, Node: cfg.Node.Name,
+				Redis: alarmRedis, Store: alarmStore, Notifier: notifier, Metrics: alarmMetrics,
+				Live: func(evs []alarm.Event) {
+					system.Root.Send(hubPID, &session.Broadcast{Frame: &alarm.Frame{Type: "alarm", Events: evs}})
+				},
+				Log: log.With("component", "alarms"), Supervisor: strategy("alarm"), Dispatcher: dispatcher})},
 			{Name: "channels", Props: acquisition.NewChannelsProps(chans, strategy("channel"))},
 		}, strategy("service"))
 		rootPID, err = system.Root.SpawnNamed(root, "voltage")
@@ -227,6 +253,8 @@ func (n *nodeRun) run(ctx context.Context) error {
 		system.Root.Send(subscriber, &redisbus.RegisterConsumer{PID: hubPID})
 		system.Root.Send(subscriber, &redisbus.RegisterConsumer{PID: system.NewLocalPID("voltage/history")})
 		system.Root.Send(subscriber, &redisbus.RegisterConsumer{PID: dagPID})
+		system.Root.Send(subscriber, &redisbus.RegisterConsumer{PID: alarmsPID})
+		alarmActions = alarm.Requests{Root: system.Root, PID: alarmsPID}
 		computations = func(ctx context.Context) (any, error) {
 			res, err := system.Root.RequestFuture(dagPID, &dag.GetComputations{}, time.Second).Result()
 			if err != nil {
@@ -250,7 +278,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 	if err := n.step("http", func() error {
 		h := web.NewHandler(web.Deps{
 			Config: cfg, Redis: api, Gatherer: reg, Version: version, Log: log.With("component", "http"), Context: ctx,
-			Sessions: sessions, History: store, Computations: computations,
+			Sessions: sessions, History: store, Computations: computations, Alarms: alarmActions,
 			Status: func(ctx context.Context, id uint32) (*messages.ChannelStatus, error) {
 				res, err := system.Root.RequestFuture(channels, &messages.GetChannelStatus{ChannelID: id}, time.Second).Result()
 				if err != nil {

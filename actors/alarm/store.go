@@ -1,0 +1,299 @@
+package alarm
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/voltage-ems/voltage/supervisor"
+)
+
+// Redis keys (docs/alarms.md, ARCHITECTURE §4).
+const (
+	ActiveIndex  = "idx:alarm:active"
+	EventsList   = "alarm:events"
+	EventChannel = "alarm:event"
+	// EventsKept is how many events alarm:events keeps.
+	EventsKept = 10000
+)
+
+// Key is the hash of alarm id.
+func Key(id string) string { return "alarm:" + id }
+
+// StoreOptions configure a Store.
+type StoreOptions struct {
+	Log     *slog.Logger
+	Metrics *Metrics
+	Policy  supervisor.Policy // retry backoff while Redis fails; zero: DefaultPolicy
+	// MaxQueued bounds the events waiting for Redis (default 100000); beyond
+	// it the oldest are dropped (counted and logged). States are never
+	// dropped: only the latest of each rule is kept anyway.
+	MaxQueued int
+}
+
+// Store writes alarm states and events to Redis: in order, batched, from
+// one goroutine, and again after a failure until Redis takes them, so an
+// outage or a flood loses nothing (up to MaxQueued events).
+type Store struct {
+	c   redis.UniversalClient
+	opt StoreOptions
+
+	mu      sync.Mutex
+	events  []queued
+	states  map[string]*State // latest state of each rule not yet written
+	dropped int
+
+	signal chan struct{}
+	stop   chan struct{}
+	done   chan struct{}
+	once   sync.Once
+}
+
+type queued struct {
+	json     []byte
+	sampleTS int64
+}
+
+// NewStore starts the writer goroutine.
+func NewStore(c redis.UniversalClient, opt StoreOptions) *Store {
+	if opt.Log == nil {
+		opt.Log = slog.Default()
+	}
+	if opt.Policy.Initial <= 0 {
+		opt.Policy = supervisor.DefaultPolicy()
+	}
+	if opt.MaxQueued <= 0 {
+		opt.MaxQueued = 100_000
+	}
+	s := &Store{c: c, opt: opt, states: map[string]*State{}, signal: make(chan struct{}, 1),
+		stop: make(chan struct{}), done: make(chan struct{})}
+	go s.loop()
+	return s
+}
+
+// Put queues the new state of rule id and its events (JSON, oldest first).
+func (s *Store) Put(id string, st *State, events []queued) {
+	s.mu.Lock()
+	cp := *st
+	s.states[id] = &cp
+	s.events = append(s.events, events...)
+	if over := len(s.events) - s.opt.MaxQueued; over > 0 {
+		s.events = append(s.events[:0], s.events[over:]...)
+		s.dropped += over
+		if s.opt.Metrics != nil {
+			s.opt.Metrics.dropped.Add(float64(over))
+		}
+	}
+	s.mu.Unlock()
+	select {
+	case s.signal <- struct{}{}:
+	default:
+	}
+}
+
+// Queued is the number of events waiting for Redis.
+func (s *Store) Queued() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.events)
+}
+
+// Stop writes what is queued (for up to timeout) and stops the goroutine.
+func (s *Store) Stop(timeout time.Duration) {
+	s.once.Do(func() {
+		close(s.stop)
+		<-s.done // an attempt in progress ends within its 5 s timeout
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		<-s.done
+		if err := s.flush(ctx); err != nil {
+			if n := s.Queued(); n > 0 {
+				s.opt.Log.Error("alarm events not written to redis at shutdown", "events", n, "err", err)
+			}
+		}
+	})
+}
+
+func (s *Store) loop() {
+	defer close(s.done)
+	fails := 0
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-s.signal:
+		}
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err := s.flush(ctx)
+			cancel()
+			if err == nil {
+				if fails > 0 {
+					s.opt.Log.Info("alarm store: redis writes resumed", "after_failures", fails)
+				}
+				fails = 0
+				break
+			}
+			fails++
+			if s.opt.Metrics != nil {
+				s.opt.Metrics.storeFailures.Inc()
+			}
+			if fails == 1 || fails%20 == 0 {
+				s.opt.Log.Warn("alarm store: redis write failed, will retry", "err", err, "queued", s.Queued(), "failures", fails)
+			}
+			select {
+			case <-s.stop:
+				return
+			case <-time.After(s.opt.Policy.Delay(fails, rand.Float64())):
+			}
+		}
+	}
+}
+
+// flush writes every queued state and event in one MULTI/EXEC; on failure
+// they go back to the front of the queue.
+func (s *Store) flush(ctx context.Context) error {
+	s.mu.Lock()
+	events, states, dropped := s.events, s.states, s.dropped
+	s.events, s.states, s.dropped = nil, map[string]*State{}, 0
+	s.mu.Unlock()
+	if dropped > 0 {
+		s.opt.Log.Error("alarm events dropped: redis unreachable and the queue is full", "dropped", dropped, "max", s.opt.MaxQueued)
+	}
+	if len(events) == 0 && len(states) == 0 {
+		return nil
+	}
+	_, err := s.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		for id, st := range states {
+			p.HSet(ctx, Key(id), stateFields(st))
+			if st.Active() {
+				p.SAdd(ctx, ActiveIndex, id)
+			} else {
+				p.SRem(ctx, ActiveIndex, id)
+			}
+		}
+		for i := 0; i < len(events); i += 1000 {
+			chunk := events[i:min(i+1000, len(events))]
+			args := make([]any, len(chunk))
+			for j := range chunk {
+				args[j] = chunk[j].json
+			}
+			p.LPush(ctx, EventsList, args...)
+		}
+		if len(events) > 0 {
+			p.LTrim(ctx, EventsList, 0, EventsKept-1)
+		}
+		for i := range events {
+			p.Publish(ctx, EventChannel, events[i].json)
+		}
+		return nil
+	})
+	if err != nil {
+		s.mu.Lock()
+		for id, st := range states {
+			if _, newer := s.states[id]; !newer {
+				s.states[id] = st
+			}
+		}
+		s.events = append(events, s.events...)
+		s.mu.Unlock()
+		return err
+	}
+	if m := s.opt.Metrics; m != nil {
+		now := time.Now().UnixMilli()
+		for i := range events {
+			if events[i].sampleTS > 0 {
+				m.latency.Observe(float64(now-events[i].sampleTS) / 1000)
+			}
+		}
+		m.written.Add(float64(len(events)))
+	}
+	return nil
+}
+
+func stateFields(st *State) []any {
+	f := func(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
+	i := func(v int64) string { return strconv.FormatInt(v, 10) }
+	return []any{
+		"state", st.State, "level", st.Level, "band", st.Band, "value", f(st.Value), "threshold", f(st.Threshold),
+		"since", i(st.Since), "message", st.Message, "acked_by", st.AckedBy, "acked_at", i(st.AckedAt),
+		"shelved_until", i(st.ShelvedUntil), "shelved_by", st.ShelvedBy, "shelve_reason", st.ShelveReason,
+		"seq", strconv.FormatUint(st.Seq, 10), "updated", i(st.Updated), "escalations", strconv.Itoa(st.Escalations),
+		"escalated_at", i(st.EscalatedAt),
+	}
+}
+
+// ParseState reads the hash alarm:{id}; an empty hash is a rule never raised.
+func ParseState(h map[string]string) (State, error) {
+	var st State
+	var errs []error
+	fl := func(k string) float64 {
+		if h[k] == "" {
+			return 0
+		}
+		v, err := strconv.ParseFloat(h[k], 64)
+		if err != nil {
+			errs = append(errs, errors.New(k+": "+err.Error()))
+		}
+		return v
+	}
+	in := func(k string) int64 {
+		if h[k] == "" {
+			return 0
+		}
+		v, err := strconv.ParseInt(h[k], 10, 64)
+		if err != nil {
+			errs = append(errs, errors.New(k+": "+err.Error()))
+		}
+		return v
+	}
+	st.State, st.Level, st.Band, st.Message = h["state"], h["level"], h["band"], h["message"]
+	st.AckedBy, st.ShelvedBy, st.ShelveReason = h["acked_by"], h["shelved_by"], h["shelve_reason"]
+	st.Value, st.Threshold = fl("value"), fl("threshold")
+	st.Since, st.AckedAt, st.ShelvedUntil = in("since"), in("acked_at"), in("shelved_until")
+	st.Updated, st.EscalatedAt = in("updated"), in("escalated_at")
+	st.Seq = uint64(in("seq"))
+	st.Escalations = int(in("escalations"))
+	switch st.State {
+	case "", Normal, ActiveUnacked, ActiveAcked, ClearedUnacked:
+	default:
+		errs = append(errs, errors.New("state: unknown "+strconv.Quote(st.State)))
+	}
+	if st.State == "" {
+		st.State = Normal
+	}
+	return st, errors.Join(errs...)
+}
+
+// Load reads the persisted states of the rules ids (missing: normal). A hash
+// that cannot be read is reported in bad and its rule starts from normal.
+func Load(ctx context.Context, c redis.UniversalClient, ids []string) (states map[string]State, bad []error, err error) {
+	out := make(map[string]State, len(ids))
+	for i := 0; i < len(ids); i += 1000 {
+		chunk := ids[i:min(i+1000, len(ids))]
+		cmds := make([]*redis.MapStringStringCmd, len(chunk))
+		if _, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for j, id := range chunk {
+				cmds[j] = p.HGetAll(ctx, Key(id))
+			}
+			return nil
+		}); err != nil {
+			return nil, nil, err
+		}
+		for j, id := range chunk {
+			st, err := ParseState(cmds[j].Val())
+			if err != nil {
+				bad = append(bad, errors.New("redis "+Key(id)+": "+err.Error()))
+				st = State{State: Normal, Seq: st.Seq}
+			}
+			out[id] = st
+		}
+	}
+	return out, bad, nil
+}
