@@ -26,7 +26,7 @@ var (
 		ProtocolVirtual:   {},
 		ProtocolCompute:   {},
 	}
-	roles      = []string{"viewer", "operator", "admin"}
+	roles = []string{"viewer", "operator", "admin"}
 )
 
 func (l *loader) validateNode(c *Config) {

@@ -36,8 +36,8 @@ type Options struct {
 	// writes them back with the events.
 	Redis    redis.UniversalClient
 	Store    *Store
-	Notifier Notifier        // nil: no webhooks
-	Live     func([]Event)   // live sessions (batched); nil: none
+	Notifier Notifier      // nil: no webhooks
+	Live     func([]Event) // live sessions (batched); nil: none
 	Log      *slog.Logger
 	Metrics  *Metrics
 	// Supervisor of the rule actors; Dispatcher runs their mailboxes.

@@ -14,7 +14,7 @@ var t0 = time.UnixMilli(1_764_090_000_000)
 
 func simpleRule(op string, threshold, deadband float64) *Rule {
 	return &Rule{ID: "r", PointStr: "1001:m:1", Name: "voltage_a", Unit: "V", Condition: op, Threshold: threshold,
-		Limits: []config.BandLimit{{Name: "limit", Op: op, Threshold: threshold, Level: "major", Severity: 1}},
+		Limits:   []config.BandLimit{{Name: "limit", Op: op, Threshold: threshold, Level: "major", Severity: 1}},
 		Deadband: deadband, Level: "major", Message: "{name} {value} {unit} above {threshold} {unit} ({point})"}
 }
 

@@ -186,7 +186,8 @@ func (n *nodeRun) run(ctx context.Context) error {
 		n.onStop("alarm store", func() { alarmStore.Stop(5 * time.Second) })
 		notifier := notify.New(notify.Options{Log: log.With("component", "alarm-notify"), Metrics: notify.NewMetrics(reg)})
 		n.onStop("alarm webhooks", func() {
-			sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			// Stop waits for queued deliveries: keep it short at shutdown.
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
 			notifier.Stop(sctx)
 		})
