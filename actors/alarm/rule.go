@@ -398,9 +398,13 @@ func (e *Eval) apply(target string, up bool, now time.Time) Event {
 		} else {
 			e.S.State = ClearedUnacked
 		}
+		if e.S.Band == BandComm {
+			e.S.Message = "Communication restored: " + e.pointName() + " (" + e.R.PointStr + ")"
+		} else {
+			e.S.Message = e.render(e.S.Threshold) // the text of what was active, with the value now
+		}
 		e.S.Band = ""
 		e.S.Value = e.value
-		e.S.Message = e.render(e.S.Threshold) // keep the text of what was active
 		return e.event(EvClear, prev, now, "", "")
 	case up:
 		e.S.State = ActiveUnacked
@@ -466,11 +470,14 @@ func (e *Eval) defaultMessage() string {
 }
 
 func (e *Eval) commMessage() string {
-	name := e.R.Name
-	if name == "" {
-		name = e.R.PointStr
+	return "Communication lost: " + e.pointName() + " (" + e.R.PointStr + ") is " + e.quality.String()
+}
+
+func (e *Eval) pointName() string {
+	if e.R.Name != "" {
+		return e.R.Name
 	}
-	return "Communication lost: " + name + " (" + e.R.PointStr + ") is " + e.quality.String()
+	return e.R.PointStr
 }
 
 // FormatValue formats a value for alarm messages: up to 3 decimals, no
