@@ -459,3 +459,28 @@ func (r Requests) Shelve(ctx context.Context, id, user, reason string, d time.Du
 func (r Requests) Unshelve(ctx context.Context, id, user string) (State, error) {
 	return r.ask(ctx, &Unshelve{ID: id, User: user})
 }
+
+// Watched passes on only the updates of points some rule watches: most
+// points have no alarm, and their updates need not cross the feed.
+type Watched struct {
+	Keys map[messages.PointKey]struct{}
+	Next interface{ Publish(u *messages.PointUpdate) }
+}
+
+// NewWatched returns the filter of cfg's alarm points in front of next.
+func NewWatched(cfg *config.Config, next interface{ Publish(u *messages.PointUpdate) }) *Watched {
+	w := &Watched{Keys: map[messages.PointKey]struct{}{}, Next: next}
+	for i := range cfg.Alarms {
+		if k, err := messages.ParsePointKey(cfg.Alarms[i].Point); err == nil {
+			w.Keys[k] = struct{}{}
+		}
+	}
+	return w
+}
+
+// Publish implements acquisition.Sink.
+func (w *Watched) Publish(u *messages.PointUpdate) {
+	if _, ok := w.Keys[u.Key]; ok {
+		w.Next.Publish(u)
+	}
+}

@@ -176,8 +176,13 @@ func (n *nodeRun) run(ctx context.Context) error {
 		alarmsPID := system.NewLocalPID("voltage/alarms")
 		alarmFeed := session.NewFeed(func(b *messages.PointUpdates) { system.Root.Send(alarmsPID, b) }, 5*time.Millisecond)
 		n.onStop("alarm feed", alarmFeed.Stop)
-		outputs := acquisition.Tee{writer, feed, hist, alarmFeed}
-		sink := acquisition.Tee{writer, feed, hist, dagFeed, alarmFeed}
+		watched := alarm.NewWatched(cfg, alarmFeed)
+		outputs := acquisition.Tee{writer, feed, hist}
+		sink := acquisition.Tee{writer, feed, hist, dagFeed}
+		if len(cfg.Alarms) > 0 {
+			outputs = append(outputs, watched)
+			sink = append(sink, watched)
+		}
 		alarmRedis := redis.NewClient(ro)
 		n.onStop("alarm redis client", func() { _ = alarmRedis.Close() })
 		var alarmStore *alarm.Store

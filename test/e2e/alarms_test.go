@@ -229,6 +229,15 @@ alarms:
 	if m, _ := rdb.SIsMember(ctx, "idx:alarm:active", "hv").Result(); !m {
 		t.Fatal("hv not in idx:alarm:active")
 	}
+	if code, body := getAuth(t, base+"/api/alarms?level=critical", viewerToken); code != 200 || body != "[]" {
+		t.Fatalf("level=critical: %d %s", code, body)
+	}
+	if code, body := getAuth(t, base+"/api/alarms?level=major,minor", viewerToken); code != 200 || !strings.Contains(body, `"id":"hv"`) {
+		t.Fatalf("level=major,minor: %d %s", code, body)
+	}
+	if code, body := getAuth(t, base+"/api/alarms?level=urgent", viewerToken); code != 400 || !strings.Contains(body, "level") {
+		t.Fatalf("level=urgent: %d %s", code, body)
+	}
 	for _, v := range []float64{249.5, 250.5, 248.5, 251.5, 249} {
 		set(0, v)
 		polled("10001", v)
