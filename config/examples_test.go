@@ -101,7 +101,8 @@ func TestDemoExample(t *testing.T) {
 	if ch == nil || p == nil || p.Name != "total_power" {
 		t.Errorf("computed point 9001:m:1 = %v %+v", ch, p)
 	}
-	if len(c.Alarms) != 1 || c.Alarms[0].Level != "major" {
+	if len(c.Alarms) != 5 || c.Alarms[0].Condition != ConditionBands || len(c.Alarms[0].Limits()) != 4 ||
+		c.Alarms[0].Limits()[0].Level != "critical" || c.Alarms[4].Point != "9001:m:1" {
 		t.Errorf("alarms %+v", c.Alarms)
 	}
 }
