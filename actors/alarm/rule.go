@@ -400,9 +400,7 @@ func (e *Eval) apply(target string, up bool, now time.Time) Event {
 		}
 		if e.S.Band == BandComm {
 			e.S.Message = "Communication restored: " + e.pointName() + " (" + e.R.PointStr + ")"
-		} else {
-			e.S.Message = e.render(e.S.Threshold) // the text of what was active, with the value now
-		}
+		} // else the message stays the text of what was active
 		e.S.Band = ""
 		e.S.Value = e.value
 		return e.event(EvClear, prev, now, "", "")

@@ -42,7 +42,7 @@ function el(tag, attrs = {}, ...children) {
   for (const [k, v] of Object.entries(attrs)) {
     if (k === 'class') e.className = v;
     else if (k === 'text') e.textContent = v;
-    else if (k.startsWith('data-')) e.setAttribute(k, v);
+    else if (k.startsWith('data-') || k.startsWith('aria-') || k === 'role') e.setAttribute(k, v);
     else e[k] = v;
   }
   for (const c of children) if (c != null) e.append(c);
@@ -157,6 +157,7 @@ function signIn(token) {
   if (token) sessionStorage.setItem(TOKEN_KEY, token);
   else sessionStorage.removeItem(TOKEN_KEY);
   state.signedOut = false;
+  alarms.readOnly = false;
   $('login').hidden = true;
   start();
 }
@@ -668,25 +669,384 @@ function showControlAnswer(r, ms) {
 
 // ---------------------------------------------------------------- alarms
 
-const alarms = new Map();
+// The alarm panel (docs/alarms.md): every rule that is not normal, most
+// severe first, then newest; shelved ones in their own collapsed group. The
+// list comes from GET /api/alarms?state=all at start and after every
+// WebSocket (re)connect; the WebSocket's alarm frames keep it current.
 
-// onAlarmFrame receives the WebSocket's {"type":"alarm", ...} frames.
-// Placeholder: the alarms issue defines the frame and fills this in; for now
-// a frame with an id and a state other than "normal" is listed, a "normal"
-// one removed.
+const LEVEL_ORDER = { critical: 0, major: 1, minor: 2, warning: 3, info: 4 };
+const ALARM_STATE_TEXT = {
+  'active-unacked': 'active, unacked',
+  'active-acked': 'active, acked',
+  'cleared-unacked': 'cleared, unacked',
+  normal: 'normal',
+};
+const SHELVE_FOR = [['15m', '15 min'], ['1h', '1 hour'], ['8h', '8 hours'], ['24h', '24 hours']];
+const ALARM_EVENTS_KEPT = 20;
+
+const alarms = {
+  byId: new Map(), // id -> alarm object as GET /api/alarms gives it, every rule known (normal ones too)
+  rows: new Map(), // id -> {li, ...}: rows on screen
+  events: [], // recent events, newest first
+  loads: 0, // generation of loadAlarms, so that a late answer does not undo a newer one
+  readOnly: false, // an operator call answered 403: this token may only watch
+};
+
+function alarmVisible(a) {
+  return a.state !== 'normal' || !!a.shelved;
+}
+
+function alarmUnacked(a) {
+  return a.state === 'active-unacked' || a.state === 'cleared-unacked';
+}
+
+function compareAlarms(a, b) {
+  return (LEVEL_ORDER[a.level] ?? 9) - (LEVEL_ORDER[b.level] ?? 9) || (b.since || 0) - (a.since || 0) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+}
+
+// mergeAlarm takes an alarm object from the API unless what is known of it
+// is newer (an event that arrived while the request was under way): then
+// only what events do not carry (name, unit, ...) is filled in.
+function mergeAlarm(a) {
+  if (!a || typeof a.id !== 'string') return;
+  const cur = alarms.byId.get(a.id);
+  if (cur && (cur.updated || 0) > (a.updated || 0)) {
+    for (const [k, v] of Object.entries(a)) if (cur[k] === undefined) cur[k] = v;
+    return;
+  }
+  alarms.byId.set(a.id, a);
+}
+
+// applyAlarmEvent folds one event of a WebSocket alarm frame into the alarm
+// it belongs to.
+function applyAlarmEvent(ev) {
+  const id = ev.alarm_id;
+  if (typeof id !== 'string' || !id) return;
+  const cur = alarms.byId.get(id) || { id, point: ev.point || '', state: 'normal', since: 0, updated: 0 };
+  if (ev.ts && cur.updated && ev.ts < cur.updated) return; // older than what the list gave
+  const a = {
+    ...cur,
+    state: ev.state ?? cur.state,
+    level: ev.level ?? cur.level,
+    band: ev.band ?? cur.band,
+    value: ev.value ?? cur.value,
+    threshold: ev.threshold ?? cur.threshold,
+    message: ev.message ?? cur.message,
+    point: ev.point || cur.point,
+    shelved: ev.shelved ?? cur.shelved,
+    shelved_until: ev.shelved_until ?? cur.shelved_until,
+    updated: ev.ts || cur.updated,
+  };
+  if (ev.since) a.since = ev.since;
+  else if (ev.type === 'raise') a.since = ev.ts;
+  switch (ev.type) {
+    case 'raise':
+      a.acked_by = '';
+      a.acked_at = 0;
+      break;
+    case 'ack':
+      a.acked_by = ev.user || '';
+      a.acked_at = ev.ts;
+      break;
+    case 'shelve':
+      a.shelved_by = ev.user || '';
+      a.shelve_reason = ev.reason || '';
+      break;
+    case 'unshelve':
+      a.shelved_by = '';
+      a.shelve_reason = '';
+      a.shelved_until = 0;
+      break;
+  }
+  if (!a.shelved) a.shelved_until = 0;
+  if (a.state !== 'normal' && !a.since) a.since = ev.ts;
+  alarms.byId.set(id, a);
+}
+
+function rememberAlarmEvents(list, newestFirst) {
+  const seen = new Set(alarms.events.map((e) => e.event_id));
+  const fresh = list.filter((e) => e && e.event_id && !seen.has(e.event_id));
+  if (!fresh.length) return;
+  alarms.events = (newestFirst ? fresh : fresh.slice().reverse()).concat(alarms.events)
+    .sort((a, b) => (b.ts || 0) - (a.ts || 0)).slice(0, ALARM_EVENTS_KEPT);
+  renderAlarmEvents();
+}
+
+// onAlarmFrame receives the WebSocket's {"type":"alarm","events":[...]}
+// frames (events oldest first).
 export function onAlarmFrame(frame) {
-  const id = frame.id || frame.alarm_id || frame.rule;
-  if (!id) return;
-  if (frame.state === 'normal') alarms.delete(id);
-  else alarms.set(id, frame);
-  const list = $('alarms');
-  list.replaceChildren(...[...alarms.values()].map((a) => el('li', { 'data-alarm-id': a.id || '' },
-    el('span', { class: 'level level-' + (a.level || ''), text: a.level || 'alarm' }),
-    el('span', { text: a.message || a.id || '' }),
-    el('span', { class: 'muted', text: a.state || '' }))));
-  $('alarms-empty').hidden = alarms.size > 0;
-  $('alarms-count').textContent = String(alarms.size);
-  $('alarms-count').classList.toggle('active', alarms.size > 0);
+  const events = Array.isArray(frame.events) ? frame.events.filter((e) => e && typeof e === 'object') : [];
+  if (!events.length) return;
+  for (const ev of events) applyAlarmEvent(ev);
+  rememberAlarmEvents(events, false);
+  renderAlarms();
+}
+
+// loadAlarms replaces the list with the node's.
+async function loadAlarms() {
+  if (state.signedOut) return;
+  const gen = ++alarms.loads;
+  let r, ev;
+  try {
+    [r, ev] = await Promise.all([api('/api/alarms?state=all'), api('/api/alarms/events?limit=' + ALARM_EVENTS_KEPT)]);
+  } catch (e) {
+    if (gen === alarms.loads && !(e instanceof AuthError)) setAlarmsNote('Alarms could not be loaded: ' + e.message);
+    return;
+  }
+  if (gen !== alarms.loads) return;
+  if (!r.ok || !Array.isArray(r.data)) {
+    setAlarmsNote('Alarms unavailable: ' + errorText(r.data, r.status));
+    return;
+  }
+  const listed = new Set();
+  for (const a of r.data) {
+    listed.add(a.id);
+    mergeAlarm(a);
+  }
+  for (const id of [...alarms.byId.keys()]) if (!listed.has(id)) alarms.byId.delete(id); // rule gone from the config
+  setAlarmsNote('');
+  if (ev.ok && Array.isArray(ev.data)) rememberAlarmEvents(ev.data, true);
+  renderAlarms();
+}
+
+// setAlarmsNote shows why the list is unavailable ('' when it is fine).
+function setAlarmsNote(text) {
+  const empty = $('alarms-empty');
+  empty.dataset.note = text ? 'error' : '';
+  empty.classList.toggle('ok', !text);
+  if (text) {
+    empty.textContent = text;
+    empty.hidden = false;
+  } else {
+    empty.textContent = 'No active alarms.';
+  }
+}
+
+function renderAlarms() {
+  const all = [...alarms.byId.values()].filter(alarmVisible).sort(compareAlarms);
+  const active = all.filter((a) => !a.shelved);
+  const shelved = all.filter((a) => a.shelved);
+  for (const [id, row] of alarms.rows) {
+    const a = alarms.byId.get(id);
+    if (!a || !alarmVisible(a)) {
+      row.li.remove();
+      alarms.rows.delete(id);
+    }
+  }
+  for (const a of all) renderAlarmRow(a);
+  placeRows($('alarms'), active);
+  placeRows($('alarms-shelved-list'), shelved);
+
+  if ($('alarms-empty').dataset.note !== 'error') $('alarms-empty').hidden = active.length > 0;
+  $('alarms-shelved').hidden = shelved.length === 0;
+  $('alarms-shelved-count').textContent = String(shelved.length);
+
+  const unacked = active.filter(alarmUnacked);
+  const severe = unacked.some((a) => a.level === 'critical' || a.level === 'major');
+  const badge = $('alarms-count');
+  badge.textContent = String(unacked.length);
+  badge.classList.toggle('active', severe);
+  badge.classList.toggle('pending', unacked.length > 0 && !severe);
+  badge.title = `${unacked.length} unacknowledged, ${active.filter((a) => a.state !== 'cleared-unacked').length} active` +
+    (shelved.length ? `, ${shelved.length} shelved` : '');
+}
+
+// placeRows puts the rows of list into ul in that order, moving only what
+// is out of place (a moved row would lose the focus of its shelve form).
+function placeRows(ul, list) {
+  list.forEach((a, i) => {
+    const li = alarms.rows.get(a.id).li;
+    if (ul.children[i] !== li) ul.insertBefore(li, ul.children[i] || null);
+  });
+}
+
+function makeAlarmRow(id) {
+  const row = {
+    li: el('li', { class: 'alarm', 'data-alarm-id': id }),
+    marker: el('span', { class: 'marker', 'aria-hidden': 'true' }),
+    level: el('span', { class: 'level-badge' }),
+    message: el('div', { class: 'alarm-msg' }),
+    point: el('span', { class: 'alarm-point mono' }),
+    since: el('span', { class: 'alarm-since' }),
+    state: el('span', { class: 'alarm-state' }),
+    shelf: el('div', { class: 'alarm-shelf' }),
+    ack: el('button', { class: 'btn small-btn ack', type: 'button', text: 'Ack' }),
+    shelve: el('button', { class: 'btn small-btn shelve', type: 'button', text: 'Shelve' }),
+    unshelve: el('button', { class: 'btn small-btn unshelve', type: 'button', text: 'Unshelve' }),
+    error: el('div', { class: 'alarm-error', role: 'alert' }),
+  };
+  row.form = makeShelveForm(id, row);
+  row.ack.addEventListener('click', () => alarmAction(id, 'ack'));
+  row.shelve.addEventListener('click', () => openShelveForm(row));
+  row.unshelve.addEventListener('click', () => alarmAction(id, 'unshelve'));
+  row.li.append(
+    row.marker,
+    row.level,
+    el('div', { class: 'alarm-main' },
+      row.message,
+      el('div', { class: 'alarm-meta' }, row.state, row.since, row.point),
+      row.shelf),
+    el('div', { class: 'alarm-actions' }, row.ack, row.shelve, row.unshelve),
+    row.form,
+    row.error);
+  row.error.hidden = true;
+  alarms.rows.set(id, row);
+  return row;
+}
+
+function makeShelveForm(id, row) {
+  const duration = el('select', { name: 'for', 'aria-label': 'shelve for' },
+    ...SHELVE_FOR.map(([v, text]) => el('option', { value: v, text })));
+  const reason = el('input', { name: 'reason', type: 'text', required: true, maxLength: 200, placeholder: 'reason (required)', 'aria-label': 'reason', spellcheck: false });
+  const submit = el('button', { class: 'btn primary small-btn', type: 'submit', text: 'Shelve' });
+  const cancel = el('button', { class: 'btn ghost small-btn', type: 'button', text: 'Cancel' });
+  const form = el('form', { class: 'shelve-form', autocomplete: 'off' }, duration, reason, submit, cancel);
+  form.hidden = true;
+  cancel.addEventListener('click', () => closeShelveForm(row));
+  form.addEventListener('keydown', (e) => { if (e.key === 'Escape') closeShelveForm(row); });
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const why = reason.value.trim();
+    if (!why) {
+      reason.setCustomValidity('a reason is required');
+      reason.reportValidity();
+      return;
+    }
+    if (await alarmAction(id, 'shelve', { for: duration.value, reason: why })) closeShelveForm(row);
+  });
+  reason.addEventListener('input', () => reason.setCustomValidity(''));
+  return form;
+}
+
+function openShelveForm(row) {
+  row.form.hidden = false;
+  row.shelve.setAttribute('aria-expanded', 'true');
+  row.form.elements.reason.focus();
+}
+
+function closeShelveForm(row) {
+  row.form.hidden = true;
+  row.form.reset();
+  row.shelve.setAttribute('aria-expanded', 'false');
+}
+
+function renderAlarmRow(a) {
+  const row = alarms.rows.get(a.id) || makeAlarmRow(a.id);
+  const level = a.level || 'major';
+  const li = row.li;
+  const shown = `${a.state} ${!!a.shelved}`;
+  if (row.shown !== shown && !row.busy) setAlarmError(row, ''); // the error was about another state
+  row.shown = shown;
+  li.dataset.state = a.state;
+  li.dataset.level = level;
+  li.dataset.shelved = String(!!a.shelved);
+  li.dataset.since = String(a.since || 0);
+  li.classList.toggle('unacked', alarmUnacked(a));
+  row.level.className = 'level-badge level-' + level;
+  row.level.textContent = level;
+  row.message.textContent = a.message || a.id;
+  row.message.title = a.id;
+  const where = a.name ? `${a.point} ${a.name}` : a.point || '';
+  row.point.textContent = where;
+  row.point.title = a.value === undefined || a.value === null ? '' : `value ${fmtNum(a.value)}${a.unit ? ' ' + a.unit : ''}`;
+  renderAlarmSince(row, a);
+  row.state.textContent = ALARM_STATE_TEXT[a.state] || a.state;
+  if (a.state === 'active-acked' && a.acked_by) row.state.title = `acknowledged by ${a.acked_by}` + (a.acked_at ? ' at ' + fmtTime(a.acked_at) : '');
+  else row.state.title = '';
+  if (a.shelved) {
+    row.shelf.textContent = `shelved until ${fmtTime(a.shelved_until)}` + (a.shelved_by ? ` by ${a.shelved_by}` : '') + (a.shelve_reason ? ': ' + a.shelve_reason : '');
+    row.shelf.hidden = false;
+  } else {
+    row.shelf.textContent = '';
+    row.shelf.hidden = true;
+  }
+  row.ack.hidden = !alarmUnacked(a);
+  row.shelve.hidden = !!a.shelved;
+  row.unshelve.hidden = !a.shelved;
+  if (a.shelved && !row.form.hidden) closeShelveForm(row);
+  renderAlarmButtons(row);
+}
+
+function renderAlarmButtons(row) {
+  for (const b of [row.ack, row.shelve, row.unshelve, row.form.querySelector('button[type="submit"]')]) {
+    b.disabled = alarms.readOnly || row.busy === true;
+    b.title = alarms.readOnly ? 'needs an operator token' : '';
+  }
+}
+
+function renderAlarmSince(row, a) {
+  if (a.since) {
+    const ms = Math.max(0, Date.now() - a.since);
+    row.since.textContent = (ms < 10000 ? Math.floor(ms / 1000) + ' s' : fmtAge(ms)) + ' ago';
+    row.since.title = 'since ' + fmtTime(a.since);
+  } else {
+    row.since.textContent = '';
+    row.since.title = '';
+  }
+}
+
+function tickAlarmAges() {
+  for (const [id, row] of alarms.rows) {
+    const a = alarms.byId.get(id);
+    if (a) renderAlarmSince(row, a);
+  }
+}
+
+function fmtTime(ms) {
+  if (!ms) return '—';
+  const d = new Date(ms);
+  const time = d.toLocaleTimeString('en-GB', { hour12: false });
+  return d.toDateString() === new Date().toDateString() ? time : d.toLocaleDateString('en-GB') + ' ' + time;
+}
+
+function setAlarmError(row, text) {
+  row.error.textContent = text;
+  row.error.hidden = !text;
+}
+
+// alarmAction posts ack, shelve or unshelve for one alarm and shows the
+// answer: the row follows the returned alarm, an error stays on the row.
+async function alarmAction(id, action, body) {
+  const row = alarms.rows.get(id);
+  if (!row) return false;
+  setAlarmError(row, '');
+  row.busy = true;
+  renderAlarmButtons(row);
+  try {
+    const r = await api(`/api/alarms/${encodeURIComponent(id)}/${action}`, { method: 'POST', body });
+    if (r.status === 403) {
+      alarms.readOnly = true;
+      setAlarmError(row, 'Operator token needed: ' + errorText(r.data, 403));
+      return false;
+    }
+    if (!r.ok) {
+      setAlarmError(row, `${action} failed: ${errorText(r.data, r.status)}`);
+      return false;
+    }
+    mergeAlarm(r.data);
+    return true;
+  } catch (e) {
+    setAlarmError(row, e instanceof AuthError ? 'Unauthorized: sign in again.' : `${action} failed: ${e.message}`);
+    return false;
+  } finally {
+    row.busy = false;
+    renderAlarms();
+  }
+}
+
+const EVENT_VERB = { raise: 'raised', change: 'changed', clear: 'cleared', ack: 'acknowledged', escalate: 'escalated', shelve: 'shelved', unshelve: 'unshelved' };
+
+function renderAlarmEvents() {
+  const list = $('alarm-events-list');
+  list.replaceChildren(...alarms.events.map((e) => {
+    const who = e.user ? ` by ${e.user}` : '';
+    return el('li', { 'data-event-id': e.event_id, 'data-type': e.type || '' },
+      el('span', { class: 'ev-time mono', text: fmtTime(e.ts) }),
+      el('span', { class: 'level-dot level-' + (e.level || 'major'), title: e.level || '' }),
+      el('span', { class: 'ev-text', title: e.message || '', text: `${e.alarm_id} ${EVENT_VERB[e.type] || e.type || ''}${who}` }));
+  }));
+  $('alarm-events').hidden = alarms.events.length === 0;
+  $('alarm-events-count').textContent = String(alarms.events.length);
 }
 
 // ---------------------------------------------------------------- WebSocket
@@ -713,6 +1073,7 @@ function connectWS() {
     ws.subscribed = [];
     setConn('live', 'live');
     subscribe(state.patterns);
+    loadAlarms(); // alarm frames come to every session; what changed while away comes from the list
   };
   sock.onmessage = (ev) => {
     ws.lastFrame = Date.now();
@@ -822,6 +1183,7 @@ async function start() {
   loadHealth();
   await refreshChannels();
   if (state.signedOut) return;
+  loadAlarms();
   await Promise.all([loadWritable(), applyPatterns(state.patterns)]);
   if (state.signedOut) return;
   ws.attempt = 0;
@@ -829,7 +1191,7 @@ async function start() {
   if (!started) {
     started = true;
     setInterval(refreshChannels, CHANNELS_EVERY_MS);
-    setInterval(() => { tickAges(); tickChannelAges(); tickClock(); }, 1000);
+    setInterval(() => { tickAges(); tickChannelAges(); tickAlarmAges(); tickClock(); }, 1000);
     setInterval(heartbeat, WS_PING_EVERY_MS);
   }
 }
@@ -871,4 +1233,4 @@ tickClock();
 start();
 
 // For the console and tests.
-window.voltage = { state, ws, onAlarmFrame };
+window.voltage = { state, ws, alarms, onAlarmFrame };
