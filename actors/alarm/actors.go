@@ -81,14 +81,12 @@ type loaded struct {
 	states map[string]State
 }
 
-// slot is what a rule actor keeps across its restarts.
+// slot is what a rule actor keeps across its restarts: the whole
+// evaluation (state, latest input, a pending on/off delay) as of the last
+// message it handled.
 type slot struct {
 	rule *Rule
-	st   State
-	v    float64
-	q    messages.Quality
-	ts   int64
-	has  bool
+	eval Eval
 }
 
 // Manager is the alarms actor: it loads the rules' states, supervises one
@@ -168,6 +166,9 @@ func (m *Manager) start(ctx actor.Context) {
 			states, bad, err := Load(c, m.opt.Redis, ids)
 			done()
 			if err == nil {
+				if m.opt.Store != nil {
+					m.opt.Store.Seed(states)
+				}
 				for _, e := range bad {
 					log.Error("alarm state unreadable, the rule starts from normal", "err", e)
 				}
@@ -200,8 +201,8 @@ func (m *Manager) spawn(ctx actor.Context, states map[string]State) {
 	}
 	active := 0
 	for i, r := range m.rules {
-		s := &slot{rule: r, st: states[r.ID]}
-		if s.st.Active() {
+		s := &slot{rule: r, eval: *NewEval(r, states[r.ID], m.opt.Node)}
+		if s.eval.S.Active() {
 			active++
 		}
 		pid, err := ctx.SpawnNamed(actor.PropsFromProducer(func() actor.Actor {
@@ -273,17 +274,13 @@ type ruleActor struct {
 func (a *ruleActor) Receive(ctx actor.Context) {
 	switch msg := ctx.Message().(type) {
 	case *actor.Started:
-		s := a.slot
-		a.eval = NewEval(s.rule, s.st, a.opt.Node)
-		if s.has {
-			a.eval.Restore(s.v, s.q, s.ts)
-		}
-		a.after(ctx, nil)
+		e := a.slot.eval // a copy: a panic cannot leave it half-updated
+		a.eval = &e
+		a.after(ctx, nil) // re-arms a pending delay, escalation or shelve timer
 	case *input:
 		if a.opt.Metrics != nil {
 			a.opt.Metrics.evaluations.Inc()
 		}
-		a.slot.v, a.slot.q, a.slot.ts, a.slot.has = msg.v, msg.q, msg.ts, true
 		a.after(ctx, a.eval.Input(msg.v, msg.q, msg.ts, a.opt.Now()))
 	case *tick:
 		a.timerAt = time.Time{}
@@ -310,7 +307,7 @@ func (a *ruleActor) Receive(ctx actor.Context) {
 // after publishes the events, keeps the state for a restart and sets the
 // timer to the next delay, escalation or shelve expiry.
 func (a *ruleActor) after(ctx actor.Context, evs []Event) {
-	a.slot.st = a.eval.S
+	a.slot.eval = *a.eval
 	if len(evs) > 0 {
 		a.out.emit(evs, &a.eval.S, a.slot.rule.Notify)
 	}
@@ -350,14 +347,16 @@ func newOutbox(opt *Options) *outbox {
 }
 
 func (o *outbox) emit(evs []Event, st *State, notify []string) {
-	q := make([]queued, len(evs))
+	q := make([]queued, 0, len(evs))
+	good := evs[:0:0]
 	for i := range evs {
 		b, err := json.Marshal(&evs[i])
-		if err != nil { // cannot happen: plain fields; NaN values are never stored
-			o.opt.Log.Error("alarm event not encodable", "alarm", evs[i].AlarmID, "err", err)
+		if err != nil { // cannot happen: Eval never keeps a NaN or Inf value
+			o.opt.Log.Error("alarm event not encodable, dropped", "alarm", evs[i].AlarmID, "err", err)
 			continue
 		}
-		q[i] = queued{json: b, sampleTS: evs[i].SampleTS}
+		q = append(q, queued{json: b, sampleTS: evs[i].SampleTS})
+		good = append(good, evs[i])
 		if o.opt.Metrics != nil {
 			o.opt.Metrics.events.WithLabelValues(evs[i].Type).Inc()
 		}
@@ -368,9 +367,9 @@ func (o *outbox) emit(evs []Event, st *State, notify []string) {
 	if o.opt.Store != nil {
 		o.opt.Store.Put(evs[0].AlarmID, st, q)
 	}
-	if o.opt.Live != nil {
+	if o.opt.Live != nil && len(good) > 0 {
 		o.mu.Lock()
-		o.live = append(o.live, evs...)
+		o.live = append(o.live, good...)
 		o.mu.Unlock()
 		select {
 		case o.signal <- struct{}{}:

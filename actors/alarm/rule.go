@@ -168,16 +168,14 @@ func (r *Rule) baseLevel() string {
 // Input evaluates a new value of the rule's point at now; it returns the
 // events of the transitions it caused (usually none).
 func (e *Eval) Input(v float64, q messages.Quality, sampleTS int64, now time.Time) []Event {
-	if !commLost(q) || !e.has {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		q = messages.Bad // not a value to compare: a communication alarm
+	}
+	if !commLost(q) {
 		e.value = v // a comm_lost or bad sample keeps the last good value
 	}
 	e.quality, e.sampleTS, e.has = q, sampleTS, true
 	return e.evaluate(now)
-}
-
-// Restore sets the latest input without evaluating it (a restarted actor).
-func (e *Eval) Restore(v float64, q messages.Quality, sampleTS int64) {
-	e.value, e.quality, e.sampleTS, e.has = v, q, sampleTS, true
 }
 
 // Tick re-evaluates at now (a delay or escalation timer fired).

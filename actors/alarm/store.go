@@ -35,6 +35,13 @@ type StoreOptions struct {
 	// it the oldest are dropped (counted and logged). States are never
 	// dropped: only the latest of each rule is kept anyway.
 	MaxQueued int
+	// Node names the marker key alarm:store:{node} by which the store
+	// notices a Redis that lost its data (restarted empty) and rewrites
+	// every rule's state (default "node").
+	Node string
+	// CheckInterval is how often the store checks the marker when nothing
+	// is written (default 5 s).
+	CheckInterval time.Duration
 }
 
 // Store writes alarm states and events to Redis: in order, batched, from
@@ -47,7 +54,10 @@ type Store struct {
 	mu      sync.Mutex
 	events  []queued
 	states  map[string]*State // latest state of each rule not yet written
+	all     map[string]*State // latest state of every rule (for a rewrite)
+	full    bool              // rewrite every state at the next flush
 	dropped int
+	token   string // this store's run marker
 
 	signal chan struct{}
 	stop   chan struct{}
@@ -71,17 +81,48 @@ func NewStore(c redis.UniversalClient, opt StoreOptions) *Store {
 	if opt.MaxQueued <= 0 {
 		opt.MaxQueued = 100_000
 	}
-	s := &Store{c: c, opt: opt, states: map[string]*State{}, signal: make(chan struct{}, 1),
-		stop: make(chan struct{}), done: make(chan struct{})}
+	if opt.Node == "" {
+		opt.Node = "node"
+	}
+	if opt.CheckInterval <= 0 {
+		opt.CheckInterval = 5 * time.Second
+	}
+	s := &Store{c: c, opt: opt, states: map[string]*State{}, all: map[string]*State{}, signal: make(chan struct{}, 1),
+		stop: make(chan struct{}), done: make(chan struct{}),
+		token: strconv.FormatInt(time.Now().UnixNano(), 36) + "-" + strconv.FormatUint(rand.Uint64(), 36)}
 	go s.loop()
 	return s
 }
+
+// Seed gives the store the states loaded at start, so that it can write
+// them all again into a Redis that lost them; the first flush checks.
+func (s *Store) Seed(states map[string]State) {
+	s.mu.Lock()
+	for id, st := range states {
+		if _, ok := s.all[id]; !ok {
+			cp := st
+			s.all[id] = &cp
+		}
+	}
+	s.mu.Unlock()
+	s.wake()
+}
+
+func (s *Store) wake() {
+	select {
+	case s.signal <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Store) markerKey() string { return "alarm:store:" + s.opt.Node }
 
 // Put queues the new state of rule id and its events (JSON, oldest first).
 func (s *Store) Put(id string, st *State, events []queued) {
 	s.mu.Lock()
 	cp := *st
 	s.states[id] = &cp
+	s.all[id] = &cp
 	s.events = append(s.events, events...)
 	if over := len(s.events) - s.opt.MaxQueued; over > 0 {
 		s.events = append(s.events[:0], s.events[over:]...)
@@ -91,10 +132,7 @@ func (s *Store) Put(id string, st *State, events []queued) {
 		}
 	}
 	s.mu.Unlock()
-	select {
-	case s.signal <- struct{}{}:
-	default:
-	}
+	s.wake()
 }
 
 // Queued is the number of events waiting for Redis.
@@ -123,15 +161,24 @@ func (s *Store) Stop(timeout time.Duration) {
 func (s *Store) loop() {
 	defer close(s.done)
 	fails := 0
+	// The periodic flush checks the marker: a Redis restarted empty gets
+	// its alarm states back within a few seconds even when nothing happens.
+	check := time.NewTicker(s.opt.CheckInterval)
+	defer check.Stop()
 	for {
 		select {
 		case <-s.stop:
 			return
 		case <-s.signal:
+		case <-check.C:
 		}
 		for {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			err := s.flush(ctx)
+			if err == nil && s.needsRewrite() {
+				s.opt.Log.Warn("alarm store: redis lost the alarm states (restarted empty?), writing them all again")
+				err = s.flush(ctx)
+			}
 			cancel()
 			if err == nil {
 				if fails > 0 {
@@ -160,16 +207,29 @@ func (s *Store) loop() {
 // they go back to the front of the queue.
 func (s *Store) flush(ctx context.Context) error {
 	s.mu.Lock()
-	events, states, dropped := s.events, s.states, s.dropped
-	s.events, s.states, s.dropped = nil, map[string]*State{}, 0
+	events, states, dropped, full := s.events, s.states, s.dropped, s.full
+	if full {
+		states = make(map[string]*State, len(s.all))
+		for id, st := range s.all {
+			if st.Seq > 0 || st.Active() { // a rule never raised has nothing to restore
+				states[id] = st
+			}
+		}
+	}
+	s.events, s.states, s.dropped, s.full = nil, map[string]*State{}, 0, false
+	known := len(s.all) > 0
 	s.mu.Unlock()
 	if dropped > 0 {
 		s.opt.Log.Error("alarm events dropped: redis unreachable and the queue is full", "dropped", dropped, "max", s.opt.MaxQueued)
 	}
-	if len(events) == 0 && len(states) == 0 {
+	if len(events) == 0 && len(states) == 0 && !known {
 		return nil
 	}
-	_, err := s.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
+	var marker *redis.StringCmd
+	cmds, err := s.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		// The previous value of the marker says whether this Redis still
+		// holds what this store wrote: if not, rewrite every state.
+		marker = p.GetSet(ctx, s.markerKey(), s.token)
 		for id, st := range states {
 			p.HSet(ctx, Key(id), stateFields(st))
 			if st.Active() {
@@ -194,8 +254,18 @@ func (s *Store) flush(ctx context.Context) error {
 		}
 		return nil
 	})
+	if errors.Is(err, redis.Nil) { // the GETSET of a missing marker: look further
+		err = nil
+		for _, c := range cmds {
+			if e := c.Err(); e != nil && !errors.Is(e, redis.Nil) {
+				err = e
+				break
+			}
+		}
+	}
 	if err != nil {
 		s.mu.Lock()
+		s.full = s.full || full
 		for id, st := range states {
 			if _, newer := s.states[id]; !newer {
 				s.states[id] = st
@@ -204,6 +274,11 @@ func (s *Store) flush(ctx context.Context) error {
 		s.events = append(events, s.events...)
 		s.mu.Unlock()
 		return err
+	}
+	if marker.Val() != s.token {
+		s.mu.Lock()
+		s.full = true // a new or emptied Redis, or another store took over
+		s.mu.Unlock()
 	}
 	if m := s.opt.Metrics; m != nil {
 		now := time.Now().UnixMilli()
@@ -296,4 +371,10 @@ func Load(ctx context.Context, c redis.UniversalClient, ids []string) (states ma
 		}
 	}
 	return out, bad, nil
+}
+
+func (s *Store) needsRewrite() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.full
 }

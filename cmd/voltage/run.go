@@ -187,7 +187,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 		n.onStop("alarm redis client", func() { _ = alarmRedis.Close() })
 		var alarmStore *alarm.Store
 		alarmMetrics := alarm.NewMetrics(reg, func() float64 { return float64(alarmStore.Queued()) })
-		alarmStore = alarm.NewStore(alarmRedis, alarm.StoreOptions{Log: log.With("component", "alarm-store"), Metrics: alarmMetrics})
+		alarmStore = alarm.NewStore(alarmRedis, alarm.StoreOptions{Node: cfg.Node.Name, Log: log.With("component", "alarm-store"), Metrics: alarmMetrics})
 		n.onStop("alarm store", func() { alarmStore.Stop(5 * time.Second) })
 		notifier := notify.New(notify.Options{Log: log.With("component", "alarm-notify"), Metrics: notify.NewMetrics(reg)})
 		n.onStop("alarm webhooks", func() {
