@@ -87,6 +87,7 @@ func NewHandler(d Deps) http.Handler {
 	api.GET("/points", s.pointsByPattern)
 	api.GET("/points/:ch/:type/:pt", s.point)
 	api.GET("/commands/:id", s.command)
+	api.GET("/whoami", s.whoami)
 	api.GET("/alarms", s.listAlarms)
 	api.GET("/alarms/events", s.alarmEvents)
 	api.GET("/alarms/:id", s.getAlarm)
@@ -239,4 +240,11 @@ func (s *server) computations(c *gin.Context) {
 		return
 	}
 	c.JSON(http.StatusOK, items)
+}
+
+// whoami answers GET /api/whoami: the caller's token name and role, so that
+// a page can offer only what the role allows.
+func (s *server) whoami(c *gin.Context) {
+	p := principalOf(c)
+	c.JSON(http.StatusOK, gin.H{"name": p.name, "role": p.role.String()})
 }

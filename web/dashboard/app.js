@@ -1179,10 +1179,25 @@ function heartbeat() {
 
 let started = false;
 
+// loadRole asks the node who this token is: a viewer gets the alarm
+// buttons disabled from the start instead of after a refused click.
+async function loadRole() {
+  try {
+    const r = await api('/api/whoami');
+    if (r.ok && r.data && r.data.role === 'viewer') {
+      alarms.readOnly = true;
+      renderAlarms();
+    }
+  } catch (e) {
+    // a 401 already shows the login; anything else: keep the buttons, the server still decides
+  }
+}
+
 async function start() {
   loadHealth();
   await refreshChannels();
   if (state.signedOut) return;
+  loadRole();
   loadAlarms();
   await Promise.all([loadWritable(), applyPatterns(state.patterns)]);
   if (state.signedOut) return;
