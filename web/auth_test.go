@@ -34,6 +34,15 @@ func TestAuth(t *testing.T) {
 	f(get, "/ready", "", "", 200, "", "")
 	f(get, "/health", "wrong-token-000000", "", 200, "", "")
 
+	// whoami names the caller and its role.
+	if r := e.do(get, "/api/whoami", viewerToken, ""); r.status != 200 || r.object(t)["role"] != "viewer" {
+		t.Fatalf("whoami as a viewer: %s", r)
+	}
+	if r := e.do(get, "/api/whoami", operatorToken, ""); r.status != 200 || r.object(t)["role"] != "operator" || r.object(t)["name"] == "" {
+		t.Fatalf("whoami as an operator: %s", r)
+	}
+	f(get, "/api/whoami", "", "", 401, "unauthorized", "missing token")
+
 	// No token, unknown token, other scheme.
 	f(post, "/control/1001/3", "", body, 401, "unauthorized", "missing token")
 	f(post, "/control/1001/3", "wrong-token-000000", body, 401, "unauthorized", "unknown token")
