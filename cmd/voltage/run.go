@@ -189,12 +189,23 @@ func (n *nodeRun) run(ctx context.Context) error {
 		alarmMetrics := alarm.NewMetrics(reg, func() float64 { return float64(alarmStore.Queued()) })
 		alarmStore = alarm.NewStore(alarmRedis, alarm.StoreOptions{Node: cfg.Node.Name, Log: log.With("component", "alarm-store"), Metrics: alarmMetrics})
 		n.onStop("alarm store", func() { alarmStore.Stop(5 * time.Second) })
-		notifier := notify.New(notify.Options{Log: log.With("component", "alarm-notify"), Metrics: notify.NewMetrics(reg)})
+		nlog := log.With("component", "alarm-notify")
+		notifier := notify.New(notify.Options{Log: nlog, Metrics: notify.NewMetrics(reg)})
+		n.requeueWebhooks(notifier, alarmRedis, nlog)
 		n.onStop("alarm webhooks", func() {
 			// Stop waits for queued deliveries: keep it short at shutdown.
+			// What is left is kept in Redis for the next run.
 			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
-			notifier.Stop(sctx)
+			if und := notifier.Stop(sctx); len(und) > 0 {
+				kctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				if err := notify.Keep(kctx, alarmRedis, cfg.Node.Name, und); err != nil {
+					nlog.Error("undelivered webhook events lost: cannot keep them in redis", "events", len(und), "err", err)
+				} else {
+					nlog.Info("undelivered webhook events kept in redis for the next run", "events", len(und), "key", notify.PendingKey(cfg.Node.Name))
+				}
+			}
 		})
 		var known []messages.PointKey
 		for i := range cfg.Channels {
@@ -325,6 +336,31 @@ func (n *nodeRun) run(ctx context.Context) error {
 	<-ctx.Done()
 	log.Info("shutting down")
 	return nil
+}
+
+// requeueWebhooks queues again the webhook events the previous run could
+// not deliver (kept in Redis at its shutdown).
+func (n *nodeRun) requeueWebhooks(nt *notify.Notifier, c *redis.Client, log *slog.Logger) {
+	var urls []string
+	for i := range n.cfg.Alarms {
+		urls = append(urls, n.cfg.Alarms[i].Notify...)
+	}
+	if len(urls) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	evs, dropped, err := notify.TakeKept(ctx, c, n.cfg.Node.Name, urls)
+	if err != nil {
+		log.Warn("webhook events kept by the previous run not read (they stay in redis for the next start)", "err", err)
+		return
+	}
+	for _, e := range evs {
+		nt.Send([]string{e.URL}, e.EventID, e.Body)
+	}
+	if len(evs) > 0 || dropped > 0 {
+		log.Info("webhook events of the previous run queued again", "events", len(evs), "dropped_url_no_longer_configured", dropped)
+	}
 }
 
 // history opens the history store (InfluxDB, or the embedded store in

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -367,4 +368,72 @@ func dedupe(ids []string) []string {
 		}
 	}
 	return out
+}
+
+// TestWebhookEventsKeptAcrossRestart: the webhook target is down when the
+// node stops; the undelivered event waits in Redis (without the URL's
+// secret) and the next run delivers it once the target is up.
+func TestWebhookEventsKeptAcrossRestart(t *testing.T) {
+	r := testenv.StartRedis(t)
+	httpPort, mbPort, hookPort := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
+	hookURL := fmt.Sprintf("http://127.0.0.1:%d/hook?key=secret", hookPort)
+	dir := writeFiles(t, map[string]string{
+		"node.yaml": fmt.Sprintf(`node: {name: keep-e2e, http: "127.0.0.1:%d"}
+redis: {url: %q}
+channels:
+  - {id: 1001, name: PCS-1, protocol: modbus_tcp, poll_interval: 100ms, points: p.csv,
+     parameters: {host: 127.0.0.1, port: %d, timeout: 300ms}}
+alarms:
+  - {id: hv, point: "1001:m:10001", condition: ">", threshold: 250, notify: [%q]}
+`, httpPort, r.URL(), mbPort, hookURL),
+		"p.csv": alarmPoints,
+	})
+	cfgPath := filepath.Join(dir, "node.yaml")
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim, err := simulator.New(cfg.Channels[0].Points)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sim.Serve(fmt.Sprintf("127.0.0.1:%d", mbPort)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	if err := sim.SetValue(0, 255); err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+
+	node := start(t, nil, "run", "-c", cfgPath)
+	base := "http://127.0.0.1:" + strconv.Itoa(httpPort)
+	testenv.Eventually(t, 15*time.Second, func() bool { code, _ := get(t, base+"/ready"); return code == 200 }, "node ready")
+	testenv.Eventually(t, 10*time.Second, func() bool { return rdb.LLen(ctx, "alarm:events").Val() == 1 }, "hv raised")
+	if !node.stop(10 * time.Second) {
+		t.Fatal("node did not stop on SIGTERM")
+	}
+	kept, err := rdb.LRange(ctx, "alarm:notify:pending:keep-e2e", 0, -1).Result()
+	if err != nil || len(kept) != 1 || !strings.Contains(kept[0], `"event_id":"hv:1"`) || strings.Contains(kept[0], "secret") {
+		t.Fatalf("kept for the next run: %v %v\n%s", kept, err, node.Output())
+	}
+
+	hook := &hookReceiver{}
+	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", hookPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: hook, ReadHeaderTimeout: 5 * time.Second}
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+	start(t, nil, "run", "-c", cfgPath)
+	testenv.Eventually(t, 15*time.Second, func() bool { ids, _ := hook.received(); return len(ids) >= 1 }, "the kept event delivered")
+	if ids, _ := hook.received(); ids[0] != "hv:1" {
+		t.Fatalf("delivered %v, want hv:1", ids)
+	}
+	if n := rdb.Exists(ctx, "alarm:notify:pending:keep-e2e").Val(); n != 0 {
+		t.Fatal("the pending list is still in redis")
+	}
 }

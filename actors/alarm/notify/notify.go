@@ -105,7 +105,7 @@ type target struct {
 	// guarded by Notifier.mu
 	q           ring
 	busy        bool // an event has been taken and is not finished
-	lost        int  // events abandoned by the delivery goroutine at Stop
+	lost        []event // events abandoned by the delivery goroutine at Stop
 	dropped     int  // events dropped because the queue was full
 	dropsLogged int  // dropped at the time of the last log
 	lastDropLog time.Time
@@ -227,12 +227,20 @@ func (n *Notifier) Pending() int {
 	return n.pending
 }
 
+// Undelivered is an event a target had not taken when the notifier stopped.
+type Undelivered struct {
+	URL     string
+	EventID string
+	Body    []byte
+}
+
 // Stop stops accepting events and lets the delivery goroutines go on with
 // what is queued (retries included) until every queue is empty or ctx is
 // done; then it cancels the requests in flight, waits for the goroutines to
-// end and logs, per target, how many events were never delivered. Calling
-// Stop again only waits for the goroutines.
-func (n *Notifier) Stop(ctx context.Context) {
+// end, logs per target how many events were never delivered and returns
+// them (per target in order), to be kept for the next run. Calling Stop
+// again only waits for the goroutines.
+func (n *Notifier) Stop(ctx context.Context) []Undelivered {
 	n.mu.Lock()
 	first := !n.stopped
 	n.stopped = true
@@ -260,7 +268,7 @@ func (n *Notifier) Stop(ctx context.Context) {
 		n.transport.CloseIdleConnections()
 	}
 	if !first {
-		return
+		return nil
 	}
 
 	n.mu.Lock()
@@ -269,11 +277,22 @@ func (n *Notifier) Stop(ctx context.Context) {
 		lost, dropped int
 	}
 	var reports []report
+	var out []Undelivered
 	total := 0
 	for _, t := range n.order {
-		lost := t.lost + t.q.len()
+		lost := len(t.lost) + t.q.len()
+		for _, ev := range t.lost {
+			out = append(out, Undelivered{URL: t.url, EventID: ev.id, Body: ev.body})
+		}
+		for {
+			ev, ok := t.q.pop()
+			if !ok {
+				break
+			}
+			out = append(out, Undelivered{URL: t.url, EventID: ev.id, Body: ev.body})
+		}
 		t.q = ring{}
-		t.lost = 0
+		t.lost = nil
 		total += lost
 		if lost > 0 {
 			reports = append(reports, report{t.name, lost, t.dropped})
@@ -285,6 +304,7 @@ func (n *Notifier) Stop(ctx context.Context) {
 	for _, r := range reports {
 		n.log.Warn("alarm webhook events not delivered before stop", "target", r.name, "events", r.lost, "dropped_total", r.dropped)
 	}
+	return out
 }
 
 // run delivers t's events in order until Stop.
@@ -302,7 +322,7 @@ func (n *Notifier) run(t *target) {
 		for {
 			res := n.post(t, ev)
 			if res.kind == stopped {
-				n.abandon(t)
+				n.abandon(t, ev)
 				return
 			}
 			if res.kind == delivered || res.kind == rejected {
@@ -347,7 +367,7 @@ func (n *Notifier) run(t *target) {
 			case <-timer.C:
 			case <-n.ctx.Done():
 				timer.Stop()
-				n.abandon(t)
+				n.abandon(t, ev)
 				return
 			}
 		}
@@ -389,11 +409,11 @@ func (n *Notifier) finish(t *target) {
 
 // abandon gives up the event in flight because Stop gave up waiting; Stop
 // counts it as not delivered.
-func (n *Notifier) abandon(t *target) {
+func (n *Notifier) abandon(t *target, ev event) {
 	n.mu.Lock()
 	if t.busy {
 		t.busy = false
-		t.lost++
+		t.lost = append(t.lost, ev)
 	}
 	n.mu.Unlock()
 }
