@@ -56,6 +56,7 @@ type Store struct {
 	states  map[string]*State // latest state of each rule not yet written
 	all     map[string]*State // latest state of every rule (for a rewrite)
 	full    bool              // rewrite every state at the next flush
+	checked bool              // the marker was read once
 	dropped int
 	token   string // this store's run marker
 
@@ -149,10 +150,14 @@ func (s *Store) Stop(timeout time.Duration) {
 		<-s.done // an attempt in progress ends within its 5 s timeout
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		<-s.done
-		if err := s.flush(ctx); err != nil {
-			if n := s.Queued(); n > 0 {
-				s.opt.Log.Error("alarm events not written to redis at shutdown", "events", n, "err", err)
+		for {
+			more, err := s.flush(ctx)
+			if err != nil {
+				s.opt.Log.Error("alarm events not written to redis at shutdown", "events", s.Queued(), "err", err)
+				return
+			}
+			if !more {
+				return
 			}
 		}
 	})
@@ -174,17 +179,16 @@ func (s *Store) loop() {
 		}
 		for {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			err := s.flush(ctx)
-			if err == nil && s.needsRewrite() {
-				s.opt.Log.Warn("alarm store: redis lost the alarm states (restarted empty?), writing them all again")
-				err = s.flush(ctx)
-			}
+			more, err := s.flush(ctx)
 			cancel()
 			if err == nil {
 				if fails > 0 {
 					s.opt.Log.Info("alarm store: redis writes resumed", "after_failures", fails)
 				}
 				fails = 0
+				if more {
+					continue // the next batch at once
+				}
 				break
 			}
 			fails++
@@ -203,50 +207,68 @@ func (s *Store) loop() {
 	}
 }
 
-// flush writes every queued state and event in one MULTI/EXEC; on failure
-// they go back to the front of the queue.
-func (s *Store) flush(ctx context.Context) error {
+// flushBatch bounds the events (and states) of one MULTI/EXEC, so that a
+// flood does not hold Redis (and its other clients) for long and the first
+// events reach subscribers early.
+const flushBatch = 500
+
+// flush writes up to flushBatch queued events and states in one
+// MULTI/EXEC, oldest events first; on failure they go back to the front
+// of the queue. more reports that something is still queued.
+func (s *Store) flush(ctx context.Context) (more bool, err error) {
 	s.mu.Lock()
-	events, states, dropped, full := s.events, s.states, s.dropped, s.full
-	if full {
-		states = make(map[string]*State, len(s.all))
+	if s.full {
+		// Rewrite every state of a rule that was ever raised, batch by batch.
 		for id, st := range s.all {
-			if st.Seq > 0 || st.Active() { // a rule never raised has nothing to restore
-				states[id] = st
+			if _, dirty := s.states[id]; !dirty && (st.Seq > 0 || st.Active()) {
+				s.states[id] = st
 			}
 		}
+		s.full = false
 	}
-	s.events, s.states, s.dropped, s.full = nil, map[string]*State{}, 0, false
-	known := len(s.all) > 0
+	n := min(len(s.events), flushBatch)
+	events := s.events[:n:n]
+	s.events = s.events[n:]
+	states := make(map[string]*State, min(len(s.states), flushBatch))
+	for id, st := range s.states {
+		if len(states) == flushBatch {
+			break
+		}
+		states[id] = st
+		delete(s.states, id)
+	}
+	dropped := s.dropped
+	s.dropped = 0
 	s.mu.Unlock()
 	if dropped > 0 {
 		s.opt.Log.Error("alarm events dropped: redis unreachable and the queue is full", "dropped", dropped, "max", s.opt.MaxQueued)
-	}
-	if len(events) == 0 && len(states) == 0 && !known {
-		return nil
 	}
 	var marker *redis.StringCmd
 	cmds, err := s.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		// The previous value of the marker says whether this Redis still
 		// holds what this store wrote: if not, rewrite every state.
 		marker = p.GetSet(ctx, s.markerKey(), s.token)
+		var add, rem []any
 		for id, st := range states {
 			p.HSet(ctx, Key(id), stateFields(st))
 			if st.Active() {
-				p.SAdd(ctx, ActiveIndex, id)
+				add = append(add, id)
 			} else {
-				p.SRem(ctx, ActiveIndex, id)
+				rem = append(rem, id)
 			}
 		}
-		for i := 0; i < len(events); i += 1000 {
-			chunk := events[i:min(i+1000, len(events))]
-			args := make([]any, len(chunk))
-			for j := range chunk {
-				args[j] = chunk[j].json
-			}
-			p.LPush(ctx, EventsList, args...)
+		if len(add) > 0 {
+			p.SAdd(ctx, ActiveIndex, add...)
+		}
+		if len(rem) > 0 {
+			p.SRem(ctx, ActiveIndex, rem...)
 		}
 		if len(events) > 0 {
+			args := make([]any, len(events))
+			for j := range events {
+				args[j] = events[j].json
+			}
+			p.LPush(ctx, EventsList, args...)
 			p.LTrim(ctx, EventsList, 0, EventsKept-1)
 		}
 		for i := range events {
@@ -263,23 +285,33 @@ func (s *Store) flush(ctx context.Context) error {
 			}
 		}
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if err != nil {
-		s.mu.Lock()
-		s.full = s.full || full
 		for id, st := range states {
 			if _, newer := s.states[id]; !newer {
 				s.states[id] = st
 			}
 		}
 		s.events = append(events, s.events...)
-		s.mu.Unlock()
-		return err
+		return true, err
 	}
-	if marker.Val() != s.token {
-		s.mu.Lock()
-		s.full = true // a new or emptied Redis, or another store took over
-		s.mu.Unlock()
+	// A marker that is not ours: on the first check, a previous run of this
+	// node (Redis kept its data: nothing to do) unless it is missing; later,
+	// Redis lost it (restarted empty) or another store took over.
+	if v := marker.Val(); v != s.token && (s.checked || v == "") {
+		rewrite := 0
+		for _, st := range s.all {
+			if st.Seq > 0 || st.Active() {
+				rewrite++
+			}
+		}
+		if rewrite > 0 {
+			s.opt.Log.Warn("alarm store: redis lost the alarm states (restarted empty?), writing them again", "rules", rewrite)
+			s.full = true
+		}
 	}
+	s.checked = true
 	if m := s.opt.Metrics; m != nil {
 		now := time.Now().UnixMilli()
 		for i := range events {
@@ -289,7 +321,7 @@ func (s *Store) flush(ctx context.Context) error {
 		}
 		m.written.Add(float64(len(events)))
 	}
-	return nil
+	return s.full || len(s.events) > 0 || len(s.states) > 0, nil
 }
 
 func stateFields(st *State) []any {
@@ -371,10 +403,4 @@ func Load(ctx context.Context, c redis.UniversalClient, ids []string) (states ma
 		}
 	}
 	return out, bad, nil
-}
-
-func (s *Store) needsRewrite() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.full
 }

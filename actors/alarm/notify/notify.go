@@ -104,10 +104,10 @@ type target struct {
 
 	// guarded by Notifier.mu
 	q           ring
-	busy        bool // an event has been taken and is not finished
+	busy        bool    // an event has been taken and is not finished
 	lost        []event // events abandoned by the delivery goroutine at Stop
-	dropped     int  // events dropped because the queue was full
-	dropsLogged int  // dropped at the time of the last log
+	dropped     int     // events dropped because the queue was full
+	dropsLogged int     // dropped at the time of the last log
 	lastDropLog time.Time
 }
 
