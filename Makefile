@@ -29,6 +29,7 @@ bench:          ## benchmarks; the ingest and memory figures of the README
 	$(GO) run ./bench/control
 	$(GO) run ./bench/ws
 	$(GO) run ./bench/dag
+	$(GO) run ./bench/alarms
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
