@@ -1,10 +1,13 @@
 package alarm
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/voltage-ems/voltage/config"
 	"github.com/voltage-ems/voltage/messages"
@@ -228,5 +231,39 @@ func TestFormatValue(t *testing.T) {
 		if got := FormatValue(v); got != want {
 			t.Errorf("FormatValue(%v) = %q, want %q", v, got, want)
 		}
+	}
+}
+
+// TestFrameEncodings: the WebSocket alarm frame has the same fields in JSON
+// and msgpack (sessions send either).
+func TestFrameEncodings(t *testing.T) {
+	e := NewEval(simpleRule(">", 250, 0), State{}, "n")
+	evs, _ := feed(e, t0, 251)
+	f := &Frame{Type: "alarm", Events: evs}
+	j, err := json.Marshal(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := msgpack.Marshal(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fromJSON, fromMsgpack map[string]any
+	if err := json.Unmarshal(j, &fromJSON); err != nil {
+		t.Fatal(err)
+	}
+	if err := msgpack.Unmarshal(m, &fromMsgpack); err != nil {
+		t.Fatal(err)
+	}
+	ev := fromMsgpack["events"].([]any)[0].(map[string]any)
+	if fromMsgpack["type"] != "alarm" || ev["event_id"] != "r:1" || ev["state"] != ActiveUnacked || ev["alarm_id"] != "r" {
+		t.Fatalf("msgpack frame %v", fromMsgpack)
+	}
+	jev := fromJSON["events"].([]any)[0].(map[string]any)
+	if len(jev) != len(ev) {
+		t.Fatalf("json has %d fields, msgpack %d:\n%v\n%v", len(jev), len(ev), jev, ev)
+	}
+	if _, ok := jev["SampleTS"]; ok {
+		t.Fatal("the internal sample time is serialised")
 	}
 }
