@@ -52,6 +52,11 @@ type Options struct {
 	// MaxQueuedCommands bounds the commands waiting for the I/O lane;
 	// default 64, more are rejected.
 	MaxQueuedCommands int
+
+	// Guard, when set, is asked before every poll: false (this node's
+	// lease on the channel may have expired, e.g. after a stall) skips
+	// the poll. In a cluster it is the channel's lease.
+	Guard func() bool
 }
 
 // channelSpec is what the channel's actors share (read-only).
@@ -418,6 +423,12 @@ func pollPhase(id uint32, interval time.Duration) time.Duration {
 
 func (c *channelActor) poll() {
 	if !c.connected || c.polling {
+		return
+	}
+	if g := c.spec.opt.Guard; g != nil && !g() {
+		// Not ours (any more): no request reaches the device; look again
+		// next interval (the placement stops this actor meanwhile).
+		c.after(timerPoll, c.spec.ch.PollInterval, &pollTick{epoch: c.epoch})
 		return
 	}
 	if c.writing {

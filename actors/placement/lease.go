@@ -1,0 +1,165 @@
+// Package placement decides which node runs each placed unit (a channel,
+// the computation group, the alarm group, the history writer) and holds
+// the unit's Redis lease while it runs here (ARCHITECTURE §8).
+//
+// A lease is the key lease:{kind}:{id} holding "node:token" with a PX TTL.
+// The token comes from INCR lease:fence:{kind}:{id}, so it grows with every
+// new owner: a stale owner's token is smaller, and the command path checks
+// it (Fence) before a write reaches a device. The owner renews at a third
+// of the TTL and stops the unit the moment a renewal fails or its local
+// deadline passes (a stalled process wakes up past it), so two nodes never
+// run a unit for longer than one TTL.
+package placement
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Unit kinds.
+const (
+	KindChannel      = "channel"
+	KindComputations = "computations"
+	KindAlarms       = "alarms"
+	KindHistory      = "history"
+)
+
+// LeaseKey is the Redis key of a unit's lease.
+func LeaseKey(kind, id string) string { return "lease:" + kind + ":" + id }
+
+// FenceKey is the counter of a unit's fencing tokens.
+func FenceKey(kind, id string) string { return "lease:fence:" + kind + ":" + id }
+
+// ErrNotOwner is returned when the lease is not (or no longer) ours.
+var ErrNotOwner = errors.New("lease not held by this node")
+
+var (
+	acquireScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {0, redis.call('GET', KEYS[1])}
+end
+local tok = redis.call('INCR', KEYS[2])
+local v = ARGV[1] .. ':' .. tok
+redis.call('SET', KEYS[1], v, 'PX', ARGV[2])
+return {1, v}
+`)
+	renewScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+`)
+	releaseScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+`)
+	// fenceScript claims an idempotency key only while the lease is ours:
+	// KEYS[1] lease, KEYS[2] the key to SET NX, ARGV[1] our lease value,
+	// ARGV[2] the value, ARGV[3] its TTL in ms. Returns 1 claimed, 0 taken
+	// already, -1 fenced (not the owner).
+	fenceScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return -1
+end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+  return 1
+end
+return 0
+`)
+)
+
+// Holder is a lease this node holds.
+type Holder struct {
+	Kind, ID string
+	Value    string // "node:token"
+	Token    int64
+	// Deadline is when the lease may have expired in Redis: the time the
+	// last successful acquire or renew was sent, plus the TTL.
+	Deadline time.Time
+}
+
+// Owner splits a lease value "node:token".
+func Owner(v string) (node string, token int64) {
+	node, tok, _ := strings.Cut(v, ":")
+	token, _ = strconv.ParseInt(tok, 10, 64)
+	return node, token
+}
+
+// Leases acquires, renews and releases leases for one node.
+type Leases struct {
+	C    redis.UniversalClient
+	Node string
+	TTL  time.Duration
+	Now  func() time.Time // default time.Now
+}
+
+func (l *Leases) now() time.Time {
+	if l.Now != nil {
+		return l.Now()
+	}
+	return time.Now()
+}
+
+// Acquire takes the lease if it is free. It returns the holder, or nil and
+// the current value when another node (or an earlier run of this one)
+// holds it.
+func (l *Leases) Acquire(ctx context.Context, kind, id string) (*Holder, string, error) {
+	sent := l.now()
+	res, err := acquireScript.Run(ctx, l.C, []string{LeaseKey(kind, id), FenceKey(kind, id)},
+		l.Node, l.TTL.Milliseconds()).Slice()
+	if err != nil {
+		return nil, "", err
+	}
+	if len(res) != 2 {
+		return nil, "", errors.New("lease acquire: unexpected reply")
+	}
+	v, _ := res[1].(string)
+	if ok, _ := res[0].(int64); ok != 1 {
+		return nil, v, nil
+	}
+	_, tok := Owner(v)
+	return &Holder{Kind: kind, ID: id, Value: v, Token: tok, Deadline: sent.Add(l.TTL)}, v, nil
+}
+
+// Renew extends h; ErrNotOwner when the lease is no longer h's.
+func (l *Leases) Renew(ctx context.Context, h *Holder) error {
+	sent := l.now()
+	n, err := renewScript.Run(ctx, l.C, []string{LeaseKey(h.Kind, h.ID)}, h.Value, l.TTL.Milliseconds()).Int()
+	if err != nil {
+		return err
+	}
+	if n != 1 {
+		return ErrNotOwner
+	}
+	h.Deadline = sent.Add(l.TTL)
+	return nil
+}
+
+// Release gives the lease up if it is still h's.
+func (l *Leases) Release(ctx context.Context, h *Holder) error {
+	return releaseScript.Run(ctx, l.C, []string{LeaseKey(h.Kind, h.ID)}, h.Value).Err()
+}
+
+// Fence claims key (SET NX PX ttl) only while lease value is the current
+// holder of kind/id: true if claimed, false if the key existed; ErrNotOwner
+// when the lease has moved on.
+func Fence(ctx context.Context, c redis.UniversalClient, kind, id, lease, key, value string, ttl time.Duration) (bool, error) {
+	n, err := fenceScript.Run(ctx, c, []string{LeaseKey(kind, id), key}, lease, value, ttl.Milliseconds()).Int()
+	if err != nil {
+		return false, err
+	}
+	switch n {
+	case 1:
+		return true, nil
+	case 0:
+		return false, nil
+	}
+	return false, ErrNotOwner
+}
