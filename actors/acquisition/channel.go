@@ -545,7 +545,9 @@ func (c *channelActor) pump() {
 	go func() {
 		res, rb := executeCommand(ctx, p, w, opt.Seen, opt.Commands, point, connected, lastErr, time.Now)
 		if ctx.Err() != nil { // the channel is stopping: record the result here, its actor may be gone
-			opt.Commands.CommandDone(p.cmd, &res)
+			if res.Status != "" {
+				opt.Commands.CommandDone(p.cmd, &res)
+			}
 			return
 		}
 		c.sendTo(&writeDone{p: p, res: res, readback: rb})
@@ -556,6 +558,11 @@ func (c *channelActor) pump() {
 // point, and hands the lane to the next command or the due poll.
 func (c *channelActor) commandDone(ctx actor.Context, m *writeDone) {
 	c.writing = false
+	if m.res.Status == "" { // fenced: another node owns the channel
+		c.log.Warn("control command not executed: this node lost the channel's lease", "id", m.p.cmd.ID)
+		c.pump()
+		return
+	}
 	c.spec.opt.Commands.CommandDone(m.p.cmd, &m.res)
 	if m.readback != nil {
 		c.dispatch(ctx, []drivers.Sample{{Index: m.p.index, Value: *m.readback, Quality: messages.Good}}, m.res.Timestamp)

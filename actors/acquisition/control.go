@@ -20,6 +20,11 @@ type CommandSink interface {
 	CommandDone(cmd *messages.ControlCommand, res *messages.CommandResult)
 }
 
+// ErrNotOwner is what a cluster node's IdempotencyStore returns when the
+// node no longer holds the channel's lease: the command is neither written
+// nor answered (the owner answers it).
+var ErrNotOwner = errors.New("this node does not hold the channel's lease")
+
 // IdempotencyStore marks command ids as seen (cmd:seen:{id}, SET NX with a
 // 24 h TTL); first is false when the id was seen before.
 type IdempotencyStore interface {
@@ -51,6 +56,9 @@ func executeCommand(ctx context.Context, p pendingCommand, w drivers.Writer, see
 	sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	first, err := seen.MarkSeen(sctx, cmd.ID)
 	cancel()
+	if errors.Is(err, ErrNotOwner) {
+		return messages.CommandResult{}, nil // not ours to write nor to answer
+	}
 	if err != nil {
 		return done(messages.StatusFailed, "idempotency check failed, not written: %v", err)
 	}

@@ -99,11 +99,9 @@ func NewStore(c redis.UniversalClient, opt StoreOptions) *Store {
 // them all again into a Redis that lost them; the first flush checks.
 func (s *Store) Seed(states map[string]State) {
 	s.mu.Lock()
-	for id, st := range states {
-		if _, ok := s.all[id]; !ok {
-			cp := st
-			s.all[id] = &cp
-		}
+	for id, st := range states { // fresh from Redis: newer than what this store saw (in a cluster, another node ran them)
+		cp := st
+		s.all[id] = &cp
 	}
 	s.mu.Unlock()
 	s.wake()

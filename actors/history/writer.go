@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -45,6 +46,9 @@ type Writer struct {
 	store Store
 	sp    spool
 	opt   WriterOptions
+	// paused drops updates: in a cluster, another node holds the history
+	// writer's lease.
+	paused atomic.Bool
 
 	mu   sync.Mutex
 	buf  []messages.PointUpdate
@@ -85,6 +89,9 @@ func NewWriter(store Store, sp spool, opt WriterOptions) *Writer {
 // Publish queues one update (it implements acquisition.Sink). The stores
 // skip updates without a value (a point never read).
 func (w *Writer) Publish(u *messages.PointUpdate) {
+	if w.paused.Load() {
+		return
+	}
 	w.mu.Lock()
 	w.buf = append(w.buf, *u)
 	n := len(w.buf)
@@ -96,6 +103,10 @@ func (w *Writer) Publish(u *messages.PointUpdate) {
 		}
 	}
 }
+
+// SetPaused stops (true) or resumes (false) taking updates; what is
+// buffered or spooled is still written.
+func (w *Writer) SetPaused(paused bool) { w.paused.Store(paused) }
 
 // Start runs the writer until Stop. Idempotent.
 func (w *Writer) Start() {

@@ -14,7 +14,20 @@ import (
 type Child struct {
 	Name  string
 	Props *actor.Props
+	// Placed children are not spawned at start: the cluster placement
+	// starts and stops them (StartChild, StopChild) with their lease.
+	Placed bool
 }
+
+// StartChild spawns the placed child Name; answered with *ChildPID.
+type StartChild struct{ Name string }
+
+// StopChild stops the child Name, draining its mailbox; answered with
+// *ChildStopped once it has stopped.
+type StopChild struct{ Name string }
+
+// ChildStopped answers StopChild.
+type ChildStopped struct{ Name string }
 
 // GetChild asks the root for the PID of a child by name.
 type GetChild struct{ Name string }
@@ -45,6 +58,9 @@ func (r *Root) Receive(ctx actor.Context) {
 	case *actor.Started:
 		r.pids = map[string]*actor.PID{}
 		for _, c := range r.children {
+			if c.Placed {
+				continue
+			}
 			pid, err := ctx.SpawnNamed(c.Props, c.Name)
 			if err != nil {
 				panic(fmt.Sprintf("spawn %s: %v", c.Name, err))
@@ -52,6 +68,46 @@ func (r *Root) Receive(ctx actor.Context) {
 			r.pids[c.Name] = pid
 			r.order = append(r.order, pid)
 		}
+	case *StartChild:
+		if pid := r.pids[m.Name]; pid != nil {
+			ctx.Respond(&ChildPID{PID: pid})
+			return
+		}
+		for _, c := range r.children {
+			if c.Name != m.Name {
+				continue
+			}
+			pid, err := ctx.SpawnNamed(c.Props, c.Name)
+			if err != nil {
+				ctx.Logger().Error("start child", "name", c.Name, "err", err)
+				ctx.Respond(&ChildPID{})
+				return
+			}
+			r.pids[c.Name] = pid
+			r.order = append(r.order, pid)
+			ctx.Respond(&ChildPID{PID: pid})
+			return
+		}
+		ctx.Respond(&ChildPID{})
+	case *StopChild:
+		pid := r.pids[m.Name]
+		if pid == nil {
+			ctx.Respond(&ChildStopped{Name: m.Name})
+			return
+		}
+		delete(r.pids, m.Name)
+		for i, p := range r.order {
+			if p.Equal(pid) {
+				r.order = append(r.order[:i], r.order[i+1:]...)
+				break
+			}
+		}
+		sender := ctx.Sender()
+		ctx.ReenterAfter(ctx.PoisonFuture(pid), func(any, error) {
+			if sender != nil {
+				ctx.Send(sender, &ChildStopped{Name: m.Name})
+			}
+		})
 	case *actor.Stopping:
 		// Reverse order: consumers and producers first, the Redis writer last,
 		// so the final updates are flushed. Each stop is waited for.

@@ -30,6 +30,7 @@ import (
 	"github.com/voltage-ems/voltage/actors/dag"
 	"github.com/voltage-ems/voltage/actors/history"
 	"github.com/voltage-ems/voltage/actors/node"
+	"github.com/voltage-ems/voltage/actors/placement"
 	"github.com/voltage-ems/voltage/actors/redisbus"
 	"github.com/voltage-ems/voltage/actors/session"
 	"github.com/voltage-ems/voltage/config"
@@ -44,9 +45,35 @@ const defaultGCPercent = 50
 func cmdRun(args []string, stdout, stderr io.Writer) error {
 	f := newFlags("run", stderr)
 	simulate := f.fs.Bool("simulate", false, "also serve the config's loopback Modbus TCP devices in-process")
+	clusterFile := f.fs.String("cluster", "", "cluster `file` (cluster.yaml): run as one node of the cluster")
+	nodeName := f.fs.String("node", "", "this node's `name` in the cluster file (with --cluster)")
 	log, cfg, err := f.load(args, stderr)
 	if err != nil {
 		return err
+	}
+	var cl *config.Cluster
+	if *clusterFile != "" || *nodeName != "" {
+		if *clusterFile == "" || *nodeName == "" {
+			return usageError{"--cluster FILE and --node NAME go together"}
+		}
+		if cl, err = config.LoadCluster(*clusterFile, cfg); err != nil {
+			fmt.Fprintln(stderr, err)
+			return fmt.Errorf("%s is not valid", *clusterFile)
+		}
+		if cfg.Redis.URL == "" {
+			fmt.Fprintf(stderr, "%s: redis.url: a cluster needs one Redis shared by its nodes (the embedded one is per process)\n", cfg.File)
+			return fmt.Errorf("%s is not valid for a cluster", f.config)
+		}
+		me := cl.Node(*nodeName)
+		if me == nil {
+			fmt.Fprintln(stderr, cl.UnknownNode(*nodeName))
+			return fmt.Errorf("--node %s is not in %s", *nodeName, *clusterFile)
+		}
+		// Name and addresses from the cluster file; each node keeps its
+		// own data (history, spool) under data_dir/{node}.
+		cfg.Node.Name, cfg.Node.HTTP = me.Name, me.HTTP
+		cfg.Node.DataDir = filepath.Join(cfg.Node.DataDir, me.Name)
+		log = log.With("cluster", cl.Name)
 	}
 	if os.Getenv("GOGC") == "" {
 		// As VictoriaMetrics does: trade a few percent of CPU for a heap
@@ -59,7 +86,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	// protoactor logs every dead letter at info (for example the stop
 	// messages of an ordered shutdown): keep its logger at warn or above.
 	actorLog := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: max(f.level, slog.LevelWarn)}))
-	n := &nodeRun{cfg: cfg, log: log.With("node", cfg.Node.Name), actorLog: actorLog.With("node", cfg.Node.Name, "component", "actor"), simulate: *simulate}
+	n := &nodeRun{cfg: cfg, cluster: cl, log: log.With("node", cfg.Node.Name), actorLog: actorLog.With("node", cfg.Node.Name, "component", "actor"), simulate: *simulate}
 	return n.run(ctx)
 }
 
@@ -67,6 +94,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 // signal, stop them in reverse order, every step logged with its duration.
 type nodeRun struct {
 	cfg      *config.Config
+	cluster  *config.Cluster // nil: a single node
 	log      *slog.Logger
 	actorLog *slog.Logger
 	simulate bool
@@ -117,6 +145,8 @@ func (n *nodeRun) run(ctx context.Context) error {
 		hist         *history.Writer
 		computations func(ctx context.Context) (any, error)
 		alarmActions web.AlarmActions
+		placed       *placedParts
+		placer       *placement.Placer
 		store        history.Store
 	)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -246,16 +276,16 @@ func (n *nodeRun) run(ctx context.Context) error {
 			{Name: "redis-subscriber", Props: subProps},
 			{Name: "history", Props: actor.PropsFromProducer(func() actor.Actor { return &history.WriterActor{W: hist} })},
 			{Name: "sessions", Props: session.NewHubProps(known, readPoints, strategy("session"))},
-			{Name: "dag", Props: dag.NewProps(dag.Options{Config: cfg, Node: cfg.Node.Name, Sink: outputs,
+			{Name: "dag", Placed: n.cluster != nil, Props: dag.NewProps(dag.Options{Config: cfg, Node: cfg.Node.Name, Sink: outputs,
 				Store: dag.RedisStateStore{Client: api}, Log: log.With("component", "dag"),
 				Supervisor: strategy("computation"), OnWave: dagMetrics(reg)}, stats.For)},
-			{Name: "alarms", Props: alarm.NewProps(alarm.Options{Config: cfg, Node: cfg.Node.Name,
+			{Name: "alarms", Placed: n.cluster != nil, Props: alarm.NewProps(alarm.Options{Config: cfg, Node: cfg.Node.Name,
 				Redis: alarmRedis, Store: alarmStore, Notifier: notifier, Metrics: alarmMetrics,
 				Live: func(evs []alarm.Event) {
 					system.Root.Send(hubPID, &session.Broadcast{Frame: &alarm.Frame{Type: "alarm", Events: evs}})
 				},
 				Log: log.With("component", "alarms"), Supervisor: strategy("alarm"), Dispatcher: dispatcher})},
-			{Name: "channels", Props: acquisition.NewChannelsProps(chans, strategy("channel"))},
+			{Name: "channels", Props: channelsProps(n.cluster != nil, chans, strategy("channel"))},
 		}, strategy("service"))
 		rootPID, err = system.Root.SpawnNamed(root, "voltage")
 		if err != nil {
@@ -269,8 +299,13 @@ func (n *nodeRun) run(ctx context.Context) error {
 		subscriber := system.NewLocalPID("voltage/redis-subscriber")
 		system.Root.Send(subscriber, &redisbus.RegisterConsumer{PID: hubPID})
 		system.Root.Send(subscriber, &redisbus.RegisterConsumer{PID: system.NewLocalPID("voltage/history")})
-		system.Root.Send(subscriber, &redisbus.RegisterConsumer{PID: dagPID})
-		system.Root.Send(subscriber, &redisbus.RegisterConsumer{PID: alarmsPID})
+		if n.cluster == nil { // in a cluster, registered when placement starts them
+			system.Root.Send(subscriber, &redisbus.RegisterConsumer{PID: dagPID})
+			system.Root.Send(subscriber, &redisbus.RegisterConsumer{PID: alarmsPID})
+		} else {
+			hist.SetPaused(true) // until this node holds the history lease
+		}
+		placed = &placedParts{system: system, root: rootPID, channels: channels, subscriber: subscriber, hist: hist, redis: api}
 		alarmActions = alarm.Requests{Root: system.Root, PID: alarmsPID}
 		computations = func(ctx context.Context) (any, error) {
 			res, err := system.Root.RequestFuture(dagPID, &dag.GetComputations{}, time.Second).Result()
@@ -292,6 +327,15 @@ func (n *nodeRun) run(ctx context.Context) error {
 		return err
 	}
 
+	if n.cluster != nil {
+		if err := n.step("placement", func() error {
+			placer = n.startPlacement(placed)
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+
 	if err := n.step("http", func() error {
 		h := web.NewHandler(web.Deps{
 			Config: cfg, Redis: api, Gatherer: reg, Version: version, Log: log.With("component", "http"), Context: ctx,
@@ -306,6 +350,13 @@ func (n *nodeRun) run(ctx context.Context) error {
 			Ready: func(ctx context.Context) error {
 				if err := api.Ping(ctx).Err(); err != nil {
 					return fmt.Errorf("redis unreachable: %w", err)
+				}
+				if placer != nil {
+					if st := placer.Status(); st.Cycle.IsZero() {
+						return errors.New("placement: first cycle not done")
+					} else if len(st.Missing) > 0 {
+						return fmt.Errorf("placement: this node should run %s but does not hold the lease yet", strings.Join(st.Missing, ", "))
+					}
 				}
 				return nil
 			},

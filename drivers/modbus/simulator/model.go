@@ -58,6 +58,10 @@ type Simulator struct {
 	requests atomic.Int64
 	writes   atomic.Int64
 
+	logMu   sync.Mutex
+	logging bool
+	log     []LoggedRequest
+
 	mu       sync.Mutex
 	slaves   map[uint8]*slave
 	pinned   []bool // point holds its value: not moving
@@ -79,6 +83,37 @@ type slave struct {
 
 // Option configures a Simulator.
 type Option func(*Simulator)
+
+// LoggedRequest is one request served over TCP, with the local port it
+// arrived on (a test gives each client its own port to tell them apart).
+type LoggedRequest struct {
+	At    time.Time
+	Port  int
+	FC    uint8
+	Write bool
+}
+
+// WithRequestLog keeps a log of every TCP request (RequestLog).
+func WithRequestLog() Option {
+	return func(s *Simulator) { s.logging = true }
+}
+
+// RequestLog returns the TCP requests served so far, in order (with
+// WithRequestLog).
+func (s *Simulator) RequestLog() []LoggedRequest {
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	return append([]LoggedRequest(nil), s.log...)
+}
+
+func (s *Simulator) logRequest(port int, fc uint8) {
+	if !s.logging {
+		return
+	}
+	s.logMu.Lock()
+	s.log = append(s.log, LoggedRequest{At: time.Now(), Port: port, FC: fc, Write: fc == 5 || fc == 6 || fc == 15 || fc == 16})
+	s.logMu.Unlock()
+}
 
 // WithSilence sets how long a request to a slave that is down is held
 // before the simulator gives up on it (on TCP it then answers the late

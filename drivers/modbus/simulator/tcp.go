@@ -45,7 +45,7 @@ func (s *Simulator) Serve(addr string) (net.Addr, error) {
 		Timeout:    10 * time.Minute, // idle time before the server drops a client
 		MaxClients: 1024,
 		Logger:     log.New(io.Discard, "", 0),
-	}, &tcpHandler{s: s})
+	}, &tcpHandler{s: s, port: atoiPort(port)})
 	if err != nil {
 		return nil, fmt.Errorf("simulator: serve %q: %w", addr, err)
 	}
@@ -59,9 +59,18 @@ func (s *Simulator) Serve(addr string) (net.Addr, error) {
 }
 
 // tcpHandler adapts the model to simonvetter's RequestHandler.
-type tcpHandler struct{ s *Simulator }
+type tcpHandler struct {
+	s    *Simulator
+	port int // the port it serves, for the request log
+}
+
+func atoiPort(p string) int {
+	n, _ := strconv.Atoi(p)
+	return n
+}
 
 func (h *tcpHandler) do(r *request) ([]bool, []uint16, error) {
+	h.s.logRequest(h.port, r.fc)
 	res := h.s.serve(r, false)
 	if res.silent {
 		h.s.hold(r.slave)

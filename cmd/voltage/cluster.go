@@ -1,0 +1,127 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/voltage-ems/voltage/actors/acquisition"
+	"github.com/voltage-ems/voltage/actors/history"
+	"github.com/voltage-ems/voltage/actors/node"
+	"github.com/voltage-ems/voltage/actors/placement"
+	"github.com/voltage-ems/voltage/actors/redisbus"
+	"github.com/voltage-ems/voltage/config"
+	"github.com/voltage-ems/voltage/messages"
+)
+
+// placedParts are the parts of a node the cluster placement starts and stops.
+type placedParts struct {
+	system     *actor.ActorSystem
+	root       *actor.PID
+	channels   *actor.PID
+	subscriber *actor.PID
+	hist       *history.Writer
+	redis      *redis.Client
+}
+
+func channelsProps(placed bool, chans []acquisition.Options, strategy actor.SupervisorStrategy) *actor.Props {
+	if placed {
+		return acquisition.NewPlacedChannelsProps(chans, strategy)
+	}
+	return acquisition.NewChannelsProps(chans, strategy)
+}
+
+// fencedSeen is the idempotency claim of a placed channel: cmd:seen:{id} is
+// claimed only while this node's lease on the channel is current, so a node
+// that lost the channel (a stall, a partition) never writes a command.
+type fencedSeen struct {
+	c     redis.UniversalClient
+	node  string
+	lease *placement.Lease
+}
+
+func (f fencedSeen) MarkSeen(ctx context.Context, id string) (bool, error) {
+	if !f.lease.Valid() {
+		return false, acquisition.ErrNotOwner
+	}
+	first, err := placement.Fence(ctx, f.c, f.lease.Kind, f.lease.ID, f.lease.Value(), messages.SeenKey(id), f.node, messages.CommandTTL)
+	if errors.Is(err, placement.ErrNotOwner) {
+		return false, acquisition.ErrNotOwner
+	}
+	return first, err
+}
+
+// startPlacement builds this node's units from the cluster file and starts
+// the placement loop; it stops (releasing the leases) before the actors.
+func (n *nodeRun) startPlacement(p *placedParts) *placement.Placer {
+	cl, cfg, me := n.cluster, n.cfg, n.cfg.Node.Name
+	ask := func(pid *actor.PID, msg any) error {
+		_, err := p.system.Root.RequestFuture(pid, msg, 10*time.Second).Result()
+		return err
+	}
+	var units []placement.Unit
+	for i := range cfg.Channels {
+		ch := &cfg.Channels[i]
+		pl := cl.Channels.Get(ch.ID)
+		if ch.Protocol == config.ProtocolCompute || pl == nil || !slices.Contains(pl.Eligible, me) {
+			continue
+		}
+		id := ch.ID
+		units = append(units, placement.Unit{Kind: placement.KindChannel, ID: strconv.FormatUint(uint64(id), 10), Eligible: pl.Eligible,
+			Start: func(l *placement.Lease) error {
+				return ask(p.channels, &acquisition.StartChannel{ID: id, Guard: l.Valid,
+					Seen: fencedSeen{c: p.redis, node: me, lease: l}})
+			},
+			Stop: func() { _ = ask(p.channels, &acquisition.StopChannel{ID: id}) },
+		})
+	}
+	group := func(kind, child string, pl *config.Placement, present bool) {
+		if !present || pl == nil || !slices.Contains(pl.Eligible, me) {
+			return
+		}
+		units = append(units, placement.Unit{Kind: kind, ID: "group", Eligible: pl.Eligible,
+			Start: func(*placement.Lease) error {
+				res, err := p.system.Root.RequestFuture(p.root, &node.StartChild{Name: child}, 10*time.Second).Result()
+				if err != nil {
+					return err
+				}
+				pid := res.(*node.ChildPID).PID
+				if pid == nil {
+					return fmt.Errorf("%s did not start", child)
+				}
+				p.system.Root.Send(p.subscriber, &redisbus.RegisterConsumer{PID: pid})
+				return nil
+			},
+			Stop: func() { _ = ask(p.root, &node.StopChild{Name: child}) },
+		})
+	}
+	group(placement.KindComputations, "dag", cl.Computations, len(cfg.Computations) > 0)
+	group(placement.KindAlarms, "alarms", cl.Alarms, len(cfg.Alarms) > 0)
+	if pl := cl.History; pl != nil && slices.Contains(pl.Eligible, me) {
+		units = append(units, placement.Unit{Kind: placement.KindHistory, ID: "writer", Eligible: pl.Eligible,
+			Start: func(*placement.Lease) error { p.hist.SetPaused(false); return nil },
+			Stop:  func() { p.hist.SetPaused(true) },
+		})
+	}
+	self := cl.Node(me)
+	started := time.Now().UnixMilli()
+	pc := placement.New(placement.Options{
+		Leases: &placement.Leases{C: p.redis, Node: me, TTL: cl.LeaseTTL},
+		Nodes:  cl.NodeNames(), Units: units, Log: n.log.With("component", "placement"),
+		Beat: func() map[string]any {
+			return map[string]any{"substation": self.Substation, "roles": strings.Join(self.Roles, ","),
+				"http": self.HTTP, "version": version, "started": started}
+		},
+	})
+	pc.Run()
+	n.onStop("placement", pc.Stop)
+	n.log.Info("placement running", "units", len(units), "lease_ttl", cl.LeaseTTL, "nodes", strings.Join(cl.NodeNames(), ","))
+	return pc
+}

@@ -1,0 +1,203 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/voltage-ems/voltage/config"
+	"github.com/voltage-ems/voltage/drivers/modbus/simulator"
+	"github.com/voltage-ems/voltage/test/testenv"
+)
+
+const clusterPoints = `point_id,type,name,unit,slave_id,function_code,register_address,data_type,byte_order,bit_position,scale,offset,deadband,reverse,min,max
+10001,m,voltage_a,V,1,3,0,float32,ABCD,,1,0,0,,220,240
+1,a,power_sp,kW,1,16,100,float32,ABCD,,1,0,0,,-500,500
+`
+
+// run is a stretch of consecutive simulator requests from one port (one node).
+type run struct {
+	port       int
+	start, end time.Time
+	n          int
+}
+
+func runsOf(log []simulator.LoggedRequest) []run {
+	var out []run
+	for _, r := range log {
+		if len(out) > 0 && out[len(out)-1].port == r.Port {
+			out[len(out)-1].end = r.At
+			out[len(out)-1].n++
+			continue
+		}
+		out = append(out, run{port: r.Port, start: r.At, end: r.At, n: 1})
+	}
+	return out
+}
+
+// TestClusterFailover runs three nodes of one substation against one Redis
+// and one simulated device (one port per node, so that the simulator's
+// request log says which node sent each request): the owner is killed
+// (kill -9) and a standby polls within 5 s; the new owner is frozen
+// (SIGSTOP) for 10 s and a command is sent meanwhile: it is written once;
+// after SIGCONT the frozen node polls nothing until it holds the lease
+// again. The request log shows no two nodes polling at the same time.
+func TestClusterFailover(t *testing.T) {
+	r := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+
+	names := []string{"n1", "n2", "n3"}
+	files := map[string]string{"p.csv": clusterPoints}
+	var nodesYAML strings.Builder
+	mbPorts := map[string]int{}
+	httpPorts := map[string]int{}
+	for _, n := range names {
+		mbPorts[n], httpPorts[n] = testenv.FreePort(t), testenv.FreePort(t)
+		fmt.Fprintf(&nodesYAML, "  - {name: %s, substation: A, remote: 127.0.0.1:%d, membership: 127.0.0.1:%d, http: 127.0.0.1:%d}\n",
+			n, testenv.FreePort(t), testenv.FreePort(t), httpPorts[n])
+		files[n+".yaml"] = fmt.Sprintf(`node: {name: %s}
+redis: {url: %q}
+auth:
+  tokens:
+    - {name: op1, token: %s, role: operator}
+channels:
+  - {id: 1001, name: PCS-1, protocol: modbus_tcp, poll_interval: 100ms, points: p.csv,
+     parameters: {host: 127.0.0.1, port: %d, timeout: 300ms}}
+`, n, r.URL(), opToken, mbPorts[n])
+	}
+	files["cluster.yaml"] = "name: e2e\nprovider: {kind: automanaged}\nnodes:\n" + nodesYAML.String() + "channels:\n  1001: {substation: A}\n"
+	dir := writeFiles(t, files)
+	cfg, err := config.Load(filepath.Join(dir, "n1.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim, err := simulator.New(cfg.Channels[0].Points, simulator.WithRequestLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	portOf := map[int]string{}
+	for _, n := range names {
+		if _, err := sim.Serve(fmt.Sprintf("127.0.0.1:%d", mbPorts[n])); err != nil {
+			t.Fatal(err)
+		}
+		portOf[mbPorts[n]] = n
+	}
+
+	procs := map[string]*proc{}
+	for _, n := range names {
+		procs[n] = start(t, nil, "run", "-c", filepath.Join(dir, n+".yaml"), "--cluster", filepath.Join(dir, "cluster.yaml"), "--node", n)
+	}
+	t.Cleanup(func() { // a frozen process would ignore SIGTERM
+		for _, p := range procs {
+			_ = p.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	})
+	owner := func() string {
+		v, _ := rdb.Get(ctx, "lease:channel:1001").Result()
+		n, _, _ := strings.Cut(v, ":")
+		return n
+	}
+	// pollsFrom waits until node n sends requests after t0 and returns when
+	// the first one arrived.
+	pollsFrom := func(n string, t0 time.Time, within time.Duration) time.Time {
+		t.Helper()
+		var at time.Time
+		testenv.Eventually(t, within, func() bool {
+			for _, q := range sim.RequestLog() {
+				if q.Port == mbPorts[n] && q.At.After(t0) {
+					at = q.At
+					return true
+				}
+			}
+			return false
+		}, "%s polling the device", n)
+		return at
+	}
+	testenv.Eventually(t, 20*time.Second, func() bool { return owner() == "n1" }, "n1 (first in order) owns channel 1001")
+	pollsFrom("n1", time.Now(), 5*time.Second)
+	for _, n := range names {
+		testenv.Eventually(t, 10*time.Second, func() bool {
+			code, _ := get(t, fmt.Sprintf("http://127.0.0.1:%d/health", httpPorts[n]))
+			return code == 200
+		}, "%s serving HTTP", n)
+	}
+
+	// kill -9 the owner: n2 takes over within 5 s.
+	killed := time.Now()
+	if err := procs["n1"].cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	took := pollsFrom("n2", killed, 10*time.Second).Sub(killed)
+	t.Logf("failover after kill -9: %v", took.Round(time.Millisecond))
+	if took > 5*time.Second {
+		t.Errorf("failover took %v, want under 5 s", took)
+	}
+
+	// Freeze n2 for 10 s: n3 takes over; a command sent meanwhile is
+	// written once.
+	frozen := time.Now()
+	if err := procs["n2"].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	pollsFrom("n3", frozen, 10*time.Second)
+	code, body := post(t, fmt.Sprintf("http://127.0.0.1:%d/control/1001/1", httpPorts["n3"]), opToken,
+		`{"type":"a","value":123,"id":"failover-cmd-1","wait":"3s"}`)
+	if code != 200 || !strings.Contains(body, `"success"`) {
+		t.Errorf("command during the failover: %d %s", code, body)
+	}
+	time.Sleep(time.Until(frozen.Add(10 * time.Second))) // the stall itself, not a wait for a condition
+	resumed := time.Now()
+	if err := procs["n2"].cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	// n2 is first in order again (n1 is dead): it gets the channel back,
+	// cleanly, once n3 has stopped and released it.
+	testenv.Eventually(t, 10*time.Second, func() bool { return owner() == "n2" }, "channel handed back to n2")
+	back := pollsFrom("n2", resumed, 10*time.Second)
+	t.Logf("n2 polls again %v after SIGCONT", back.Sub(resumed).Round(time.Millisecond))
+
+	// The request log: never two nodes polling at once. Concurrent
+	// pollers would alternate; a clean change of owner leaves a gap of at
+	// least a lease TTL before an earlier owner polls again.
+	reqs := sim.RequestLog()
+	sort.SliceStable(reqs, func(i, j int) bool { return reqs[i].At.Before(reqs[j].At) })
+	runs := runsOf(reqs)
+	var desc []string
+	for _, ru := range runs {
+		desc = append(desc, fmt.Sprintf("%s×%d", portOf[ru.port], ru.n))
+	}
+	t.Logf("who polled, in order: %s", strings.Join(desc, " "))
+	for k := 0; k+2 < len(runs); k++ {
+		if runs[k].port == runs[k+2].port && runs[k+2].start.Sub(runs[k].end) < config.DefaultLeaseTTL {
+			t.Errorf("%s and %s polled at the same time around %v: %s", portOf[runs[k].port], portOf[runs[k+1].port],
+				runs[k+1].start.Format("15:04:05.000"), strings.Join(desc, " "))
+		}
+	}
+	for _, q := range reqs {
+		if q.Port == mbPorts["n2"] && q.At.After(frozen.Add(time.Second)) && q.At.Before(back) {
+			t.Errorf("n2 sent a request at %v while it did not hold the lease", q.At.Format("15:04:05.000"))
+		}
+	}
+	writes := 0
+	for _, q := range reqs {
+		if q.Write {
+			writes++
+		}
+	}
+	if writes != 1 {
+		t.Errorf("the command was written %d times, want once", writes)
+	}
+	if v, err := sim.Value(1); err != nil || v != 123 {
+		t.Errorf("device setpoint %v %v, want 123", v, err)
+	}
+}
