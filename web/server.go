@@ -40,6 +40,8 @@ type Deps struct {
 	Computations func(ctx context.Context) (any, error)
 	// History answers /api/history (nil: 503).
 	History HistoryQuerier
+	// Cluster answers GET /api/cluster (nil: this node runs alone).
+	Cluster func(ctx context.Context) (any, error)
 	// Alarms carries acknowledgements and shelving to the alarm actors
 	// (nil: those routes answer 503; reads come from Redis).
 	Alarms AlarmActions
@@ -88,6 +90,7 @@ func NewHandler(d Deps) http.Handler {
 	api.GET("/points/:ch/:type/:pt", s.point)
 	api.GET("/commands/:id", s.command)
 	api.GET("/whoami", s.whoami)
+	api.GET("/cluster", s.cluster)
 	api.GET("/alarms", s.listAlarms)
 	api.GET("/alarms/events", s.alarmEvents)
 	api.GET("/alarms/:id", s.getAlarm)
@@ -247,4 +250,19 @@ func (s *server) computations(c *gin.Context) {
 func (s *server) whoami(c *gin.Context) {
 	p := principalOf(c)
 	c.JSON(http.StatusOK, gin.H{"name": p.name, "role": p.role.String()})
+}
+
+// cluster answers GET /api/cluster: members, substations, unit owners and
+// lease ages, as Redis shows them (the same answer on every node).
+func (s *server) cluster(c *gin.Context) {
+	if s.d.Cluster == nil {
+		abort(c, http.StatusNotFound, "not_found", "this node runs alone (started without --cluster)")
+		return
+	}
+	v, err := s.d.Cluster(c.Request.Context())
+	if err != nil {
+		abort(c, http.StatusServiceUnavailable, "redis_unavailable", "reading the cluster state from redis: "+err.Error())
+		return
+	}
+	c.JSON(http.StatusOK, v)
 }

@@ -125,3 +125,13 @@ func (n *nodeRun) startPlacement(p *placedParts) *placement.Placer {
 	n.log.Info("placement running", "units", len(units), "lease_ttl", cl.LeaseTTL, "nodes", strings.Join(cl.NodeNames(), ","))
 	return pc
 }
+
+// clusterView answers GET /api/cluster (nil without a cluster).
+func (n *nodeRun) clusterView(c *redis.Client) func(ctx context.Context) (any, error) {
+	if n.cluster == nil {
+		return nil
+	}
+	return func(ctx context.Context) (any, error) {
+		return placement.ReadView(ctx, c, n.cluster, n.cfg)
+	}
+}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"sort"
@@ -72,6 +73,8 @@ auth:
 channels:
   - {id: 1001, name: PCS-1, protocol: modbus_tcp, poll_interval: 100ms, points: p.csv,
      parameters: {host: 127.0.0.1, port: %d, timeout: 300ms}}
+alarms:
+  - {id: hv, point: "1001:m:10001", condition: ">", threshold: 250}
 `, n, r.URL(), opToken, mbPorts[n])
 	}
 	files["cluster.yaml"] = "name: e2e\nprovider: {kind: automanaged}\nnodes:\n" + nodesYAML.String() + "channels:\n  1001: {substation: A}\n"
@@ -200,4 +203,45 @@ channels:
 	if v, err := sim.Value(1); err != nil || v != 123 {
 		t.Errorf("device setpoint %v %v, want 123", v, err)
 	}
+
+	// Any node answers for the whole cluster.
+	var view struct {
+		Members []struct {
+			Name  string   `json:"name"`
+			Alive bool     `json:"alive"`
+			Owned []string `json:"owned"`
+		} `json:"members"`
+		Units []struct {
+			Kind, ID, Owner string
+			LeaseAgeMs      int64 `json:"lease_age_ms"`
+		} `json:"units"`
+	}
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		code, body := getAuth(t, fmt.Sprintf("http://127.0.0.1:%d/api/cluster", httpPorts["n3"]), opToken)
+		if code != 200 || json.Unmarshal([]byte(body), &view) != nil || len(view.Members) != 3 {
+			return false
+		}
+		alive := fmt.Sprint(view.Members[0].Alive, view.Members[1].Alive, view.Members[2].Alive)
+		owners := map[string]string{}
+		for _, u := range view.Units {
+			owners[u.Kind+":"+u.ID] = u.Owner
+			if u.Owner != "" && (u.LeaseAgeMs < 0 || u.LeaseAgeMs > config.DefaultLeaseTTL.Milliseconds()) {
+				return false
+			}
+		}
+		return alive == "false true true" && owners["channel:1001"] == "n2" && owners["alarms:group"] == "n2"
+	}, "GET /api/cluster on n3: n1 dead, n2 owning the channel and the alarms")
+	for _, n := range []string{"n2", "n3"} {
+		testenv.Eventually(t, 5*time.Second, func() bool {
+			code, _ := get(t, fmt.Sprintf("http://127.0.0.1:%d/ready", httpPorts[n]))
+			return code == 200
+		}, "%s ready", n)
+	}
+	// The alarms run on n2 now, on the values n2 polls.
+	if err := sim.SetValue(0, 260); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		return rdb.HGet(ctx, "alarm:hv", "state").Val() == "active-unacked"
+	}, "alarm hv raised by the alarms group on n2")
 }
