@@ -5,7 +5,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -X main.version=$(VERSION)
 BIN      := bin/voltage
 
-.PHONY: run build test test-short bench lint fmt clean
+.PHONY: run build test test-short bench lint fmt clean proto
 
 run:            ## the demo: simulator, Modbus TCP channel, virtual channel, embedded Redis
 	@echo "demo operator token: demo-operator-token-0001 (config/examples/demo.yaml)"
@@ -37,3 +37,6 @@ lint:
 
 clean:
 	rm -rf bin
+
+proto:          ## regenerate messages/*.pb.go (Debian protobuf-compiler; go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12)
+	protoc --go_out=. --go_opt=paths=source_relative messages/*.proto

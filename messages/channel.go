@@ -20,4 +20,8 @@ type ChannelStatus struct {
 	Restarts    int           `json:"restarts"`
 	Points      int           `json:"points"`
 	BadPoints   int           `json:"bad_points"`
+	// Node is the node that runs the channel (in a cluster), Running
+	// whether it runs there.
+	Node    string `json:"node,omitempty"`
+	Running bool   `json:"running"`
 }

@@ -157,6 +157,9 @@ type channelJSON struct {
 	Reconnects    uint64    `json:"reconnects"`
 	Restarts      int       `json:"restarts"`
 	BadPoints     int       `json:"bad_points"`
+	// Node runs the channel (empty for a computed channel, or a cluster
+	// channel nobody runs).
+	Node string `json:"node,omitempty"`
 }
 
 func (s *server) channelStatus(ctx context.Context, ch *config.Channel) channelJSON {
@@ -172,6 +175,9 @@ func (s *server) channelStatus(ctx context.Context, ch *config.Channel) channelJ
 	j.Connected, j.LastPoll, j.Polls, j.Errors = st.Connected, st.LastPoll, st.Polls, st.Errors
 	j.LastLatencyMS = float64(st.LastLatency.Microseconds()) / 1000
 	j.LastError, j.Reconnects, j.Restarts, j.BadPoints = st.LastError, st.Reconnects, st.Restarts, st.BadPoints
+	if st.Running {
+		j.Node = st.Node
+	}
 	return j
 }
 

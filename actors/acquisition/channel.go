@@ -635,6 +635,7 @@ func (c *channelActor) checkStale(ctx actor.Context) {
 
 func (c *channelActor) statusNow() *messages.ChannelStatus {
 	s := c.status
+	s.Running, s.Node = true, c.spec.node
 	if c.spec.opt.Restarts != nil {
 		s.Restarts = c.spec.opt.Restarts(c.pid)
 	}

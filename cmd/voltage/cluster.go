@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"net"
 	"fmt"
 	"slices"
 	"strconv"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/asynkron/protoactor-go/remote"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/voltage-ems/voltage/actors/acquisition"
@@ -134,4 +136,48 @@ func (n *nodeRun) clusterView(c *redis.Client) func(ctx context.Context) (any, e
 	return func(ctx context.Context) (any, error) {
 		return placement.ReadView(ctx, c, n.cluster, n.cfg)
 	}
+}
+
+// startRemote starts protoactor remote on this node's remote address (the
+// cross-node requests); it stops after the actors.
+func (n *nodeRun) startRemote(system *actor.ActorSystem) (err error) {
+	self := n.cluster.Node(n.cfg.Node.Name)
+	host, portStr, _ := net.SplitHostPort(self.Remote)
+	port, _ := strconv.Atoi(portStr)
+	r := remote.NewRemote(system, remote.Configure(host, port))
+	defer func() { // Start panics when it cannot listen
+		if p := recover(); p != nil {
+			err = fmt.Errorf("remote %s: %v", self.Remote, p)
+		}
+	}()
+	r.Start()
+	n.onStop("remote", func() { r.Shutdown(true) })
+	n.log.Info("remote listening", "addr", self.Remote)
+	return nil
+}
+
+// remoteStatus asks the node holding the channel's lease for its status
+// (over protoactor remote, in protobuf); st is the local answer (not
+// running here), returned when nobody runs the channel or the owner does
+// not answer.
+func (n *nodeRun) remoteStatus(ctx context.Context, system *actor.ActorSystem, c *redis.Client, st *messages.ChannelStatus) *messages.ChannelStatus {
+	v, err := c.Get(ctx, placement.LeaseKey(placement.KindChannel, strconv.FormatUint(uint64(st.ID), 10))).Result()
+	if err != nil {
+		st.LastError = "not running on this node; no node holds its lease"
+		return st
+	}
+	owner, _ := placement.Owner(v)
+	peer := n.cluster.Node(owner)
+	if peer == nil || owner == n.cfg.Node.Name {
+		return st
+	}
+	pid := actor.NewPID(peer.Remote, "voltage/"+placement.RemoteName)
+	res, err := system.Root.RequestFuture(pid, &messages.ChannelStatusRequest{ChannelId: st.ID}, time.Second).Result()
+	reply, ok := res.(*messages.ChannelStatusReply)
+	if err != nil || !ok {
+		st.Node = owner
+		st.LastError = fmt.Sprintf("runs on %s, which did not answer: %v", owner, err)
+		return st
+	}
+	return placement.StatusOf(reply)
 }

@@ -179,6 +179,11 @@ func (n *nodeRun) run(ctx context.Context) error {
 		system = actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
 			return n.actorLog
 		}))
+		if n.cluster != nil {
+			if err := n.startRemote(system); err != nil {
+				return err
+			}
+		}
 		stats := supervisor.NewStats(nil)
 		sm, err := supervisor.NewMetrics(reg)
 		if err != nil {
@@ -286,6 +291,13 @@ func (n *nodeRun) run(ctx context.Context) error {
 				},
 				Log: log.With("component", "alarms"), Supervisor: strategy("alarm"), Dispatcher: dispatcher})},
 			{Name: "channels", Props: channelsProps(n.cluster != nil, chans, strategy("channel"))},
+			{Name: placement.RemoteName, Props: placement.NewRemoteProps(cfg.Node.Name, system.NewLocalPID("voltage/channels"),
+				func() placement.Status {
+					if placer == nil {
+						return placement.Status{}
+					}
+					return placer.Status()
+				})},
 		}, strategy("service"))
 		rootPID, err = system.Root.SpawnNamed(root, "voltage")
 		if err != nil {
@@ -345,7 +357,11 @@ func (n *nodeRun) run(ctx context.Context) error {
 				if err != nil {
 					return nil, err
 				}
-				return res.(*messages.ChannelStatus), nil
+				st := res.(*messages.ChannelStatus)
+				if !st.Running && n.cluster != nil {
+					return n.remoteStatus(ctx, system, api, st), nil // ask the node that runs it
+				}
+				return st, nil
 			},
 			Ready: func(ctx context.Context) error {
 				if err := api.Ping(ctx).Err(); err != nil {

@@ -237,6 +237,18 @@ alarms:
 			return code == 200
 		}, "%s ready", n)
 	}
+	// GET /api/channels on n3 answers for the channel n2 runs: n3 asks n2
+	// over protoactor remote.
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		code, body := getAuth(t, fmt.Sprintf("http://127.0.0.1:%d/api/channels/1001", httpPorts["n3"]), opToken)
+		var ch struct {
+			Node      string `json:"node"`
+			Connected bool   `json:"connected"`
+			Polls     uint64 `json:"polls"`
+		}
+		return code == 200 && json.Unmarshal([]byte(body), &ch) == nil && ch.Node == "n2" && ch.Connected && ch.Polls > 0
+	}, "n3 reporting channel 1001's status from n2")
+
 	// The alarms run on n2 now, on the values n2 polls.
 	if err := sim.SetValue(0, 260); err != nil {
 		t.Fatal(err)
