@@ -64,6 +64,11 @@ type Options struct {
 	Interval time.Duration // default TTL/3
 	// Beat returns the fields of the heartbeat hash besides updated and owned.
 	Beat func() map[string]any
+	// Members returns the nodes cluster membership holds (protoactor's
+	// member list), nil while it has none. A node counts as alive when it
+	// is a member and its heartbeat is in Redis (a member that cannot
+	// reach Redis cannot hold a lease). Nil: the heartbeats alone.
+	Members func() map[string]bool
 }
 
 // Placer runs the placement loop of one node: heartbeat, membership from
@@ -217,10 +222,14 @@ func (p *Placer) cycle() {
 		p.setStatus(nil, true)
 		return
 	}
+	var members map[string]bool
+	if p.opt.Members != nil {
+		members = p.opt.Members()
+	}
 	alive := map[string]bool{}
 	var aliveList []string
 	for i, n := range p.opt.Nodes {
-		if exists[i].Val() == 1 {
+		if exists[i].Val() == 1 && (members == nil || members[n] || n == l.Node) {
 			alive[n] = true
 			aliveList = append(aliveList, n)
 		}

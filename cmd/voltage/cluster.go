@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/asynkron/protoactor-go/cluster"
+	"github.com/asynkron/protoactor-go/cluster/identitylookup/disthash"
 	"github.com/asynkron/protoactor-go/remote"
 	"github.com/redis/go-redis/v9"
 
@@ -62,7 +64,7 @@ func (f fencedSeen) MarkSeen(ctx context.Context, id string) (bool, error) {
 
 // startPlacement builds this node's units from the cluster file and starts
 // the placement loop; it stops (releasing the leases) before the actors.
-func (n *nodeRun) startPlacement(p *placedParts) *placement.Placer {
+func (n *nodeRun) startPlacement(p *placedParts, member *cluster.Cluster) *placement.Placer {
 	cl, cfg, me := n.cluster, n.cfg, n.cfg.Node.Name
 	ask := func(pid *actor.PID, msg any) error {
 		_, err := p.system.Root.RequestFuture(pid, msg, 10*time.Second).Result()
@@ -117,6 +119,7 @@ func (n *nodeRun) startPlacement(p *placedParts) *placement.Placer {
 	pc := placement.New(placement.Options{
 		Leases: &placement.Leases{C: p.redis, Node: me, TTL: cl.LeaseTTL},
 		Nodes:  cl.NodeNames(), Units: units, Log: n.log.With("component", "placement"),
+		Members: func() map[string]bool { return placement.Alive(member) },
 		Beat: func() map[string]any {
 			return map[string]any{"substation": self.Substation, "roles": strings.Join(self.Roles, ","),
 				"http": self.HTTP, "version": version, "started": started}
@@ -138,22 +141,28 @@ func (n *nodeRun) clusterView(c *redis.Client) func(ctx context.Context) (any, e
 	}
 }
 
-// startRemote starts protoactor remote on this node's remote address (the
-// cross-node requests); it stops after the actors.
-func (n *nodeRun) startRemote(system *actor.ActorSystem) (err error) {
-	self := n.cluster.Node(n.cfg.Node.Name)
+// startMember makes this node a member of the protoactor cluster: remote
+// on its remote address (cross-node requests) and membership from the
+// configured provider. It stops after the actors.
+func (n *nodeRun) startMember(system *actor.ActorSystem) (c *cluster.Cluster, err error) {
+	cl := n.cluster
+	self := cl.Node(n.cfg.Node.Name)
+	if cl.Provider.Kind != config.ProviderAutomanaged {
+		return nil, fmt.Errorf("cluster provider %q: only automanaged is available in this build so far", cl.Provider.Kind)
+	}
 	host, portStr, _ := net.SplitHostPort(self.Remote)
 	port, _ := strconv.Atoi(portStr)
-	r := remote.NewRemote(system, remote.Configure(host, port))
-	defer func() { // Start panics when it cannot listen
+	prov := &placement.StaticProvider{Cluster: cl, Node: self.Name, Log: n.log.With("component", "membership")}
+	c = cluster.New(system, cluster.Configure(cl.Name, prov, disthash.New(), remote.Configure(host, port)))
+	defer func() { // StartMember panics when it cannot listen
 		if p := recover(); p != nil {
-			err = fmt.Errorf("remote %s: %v", self.Remote, p)
+			err = fmt.Errorf("cluster member on %s: %v", self.Remote, p)
 		}
 	}()
-	r.Start()
-	n.onStop("remote", func() { r.Shutdown(true) })
-	n.log.Info("remote listening", "addr", self.Remote)
-	return nil
+	c.StartMember()
+	n.onStop("cluster member", func() { c.Shutdown(true) })
+	n.log.Info("cluster member", "remote", self.Remote, "membership", self.Membership)
+	return c, nil
 }
 
 // remoteStatus asks the node holding the channel's lease for its status

@@ -20,6 +20,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/asynkron/protoactor-go/cluster"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
@@ -147,6 +148,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 		alarmActions web.AlarmActions
 		placed       *placedParts
 		placer       *placement.Placer
+		member       *cluster.Cluster
 		store        history.Store
 	)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -180,7 +182,8 @@ func (n *nodeRun) run(ctx context.Context) error {
 			return n.actorLog
 		}))
 		if n.cluster != nil {
-			if err := n.startRemote(system); err != nil {
+			var err error
+			if member, err = n.startMember(system); err != nil {
 				return err
 			}
 		}
@@ -341,7 +344,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 
 	if n.cluster != nil {
 		if err := n.step("placement", func() error {
-			placer = n.startPlacement(placed)
+			placer = n.startPlacement(placed, member)
 			return nil
 		}); err != nil {
 			return err

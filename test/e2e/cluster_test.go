@@ -167,6 +167,11 @@ alarms:
 	// cleanly, once n3 has stopped and released it.
 	testenv.Eventually(t, 10*time.Second, func() bool { return owner() == "n2" }, "channel handed back to n2")
 	back := pollsFrom("n2", resumed, 10*time.Second)
+	// n2 noticed its stall (its peers dropped it) and rejoined the
+	// membership as a new member.
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		return strings.Contains(procs["n2"].Output(), "rejoining as a new member")
+	}, "n2 rejoining with a fresh member identity")
 	t.Logf("n2 polls again %v after SIGCONT", back.Sub(resumed).Round(time.Millisecond))
 
 	// The request log: never two nodes polling at once. Concurrent

@@ -1,0 +1,204 @@
+package placement
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/asynkron/protoactor-go/cluster"
+
+	"github.com/voltage-ems/voltage/config"
+)
+
+// StaticProvider is the `automanaged` cluster provider of cluster.yaml: a
+// static list of peers, each answering GET /_health on its membership
+// address (bound to that address only, unlike protoactor's automanaged
+// provider, which listens on every interface). Every Refresh it asks every
+// peer and hands the members that answered to protoactor's member list.
+//
+// A member's id is "{node}@{incarnation}". protoactor blocks the id of a
+// member that left for good ("members dropped after a stall never rejoin
+// under the same id"), so a node that notices it was stalled (its own loop
+// ran late by more than StallAfter: its peers have dropped it) takes a new
+// incarnation and rejoins as a new member.
+type StaticProvider struct {
+	Cluster    *config.Cluster
+	Node       string
+	Refresh    time.Duration // default 500 ms
+	Timeout    time.Duration // per health request, default 300 ms
+	StallAfter time.Duration // default 3 × Refresh + Timeout
+	Log        *slog.Logger
+
+	mu          sync.Mutex
+	incarnation int64
+	c           *cluster.Cluster
+	srv         *http.Server
+	client      *http.Client
+	stop        chan struct{}
+	done        chan struct{}
+}
+
+type health struct {
+	Cluster string `json:"cluster"`
+	Node    string `json:"node"`
+	ID      string `json:"id"`
+	Remote  string `json:"remote"`
+}
+
+func (p *StaticProvider) id() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.Node + "@" + strconv.FormatInt(p.incarnation, 36)
+}
+
+// NodeOf returns the node name of a member id.
+func NodeOf(memberID string) string {
+	n, _, _ := strings.Cut(memberID, "@")
+	return n
+}
+
+// StartMember implements cluster.ClusterProvider.
+func (p *StaticProvider) StartMember(c *cluster.Cluster) error {
+	if p.Refresh <= 0 {
+		p.Refresh = 500 * time.Millisecond
+	}
+	if p.Timeout <= 0 {
+		p.Timeout = 300 * time.Millisecond
+	}
+	if p.StallAfter <= 0 {
+		p.StallAfter = 3*p.Refresh + p.Timeout
+	}
+	if p.Log == nil {
+		p.Log = slog.Default()
+	}
+	self := p.Cluster.Node(p.Node)
+	if self == nil {
+		return fmt.Errorf("node %q is not in the cluster", p.Node)
+	}
+	p.c = c
+	p.incarnation = time.Now().UnixNano()
+	p.client = &http.Client{Timeout: p.Timeout, Transport: &http.Transport{DisableKeepAlives: false, MaxIdleConnsPerHost: 2}}
+	ln, err := net.Listen("tcp", self.Membership)
+	if err != nil {
+		return fmt.Errorf("membership %s: %w", self.Membership, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /_health", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(health{Cluster: p.Cluster.Name, Node: p.Node, ID: p.id(), Remote: self.Remote})
+	})
+	p.srv = &http.Server{Handler: mux, ReadHeaderTimeout: time.Second}
+	go func() { _ = p.srv.Serve(ln) }()
+	p.stop, p.done = make(chan struct{}), make(chan struct{})
+	go p.monitor()
+	return nil
+}
+
+// StartClient implements cluster.ClusterProvider (nodes are members only).
+func (p *StaticProvider) StartClient(*cluster.Cluster) error {
+	return errors.New("static provider: client mode is not supported")
+}
+
+// Shutdown implements cluster.ClusterProvider.
+func (p *StaticProvider) Shutdown(bool) error {
+	if p.stop == nil {
+		return nil
+	}
+	select {
+	case <-p.stop:
+		return nil
+	default:
+	}
+	close(p.stop)
+	<-p.done
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	return p.srv.Shutdown(ctx)
+}
+
+func (p *StaticProvider) monitor() {
+	defer close(p.done)
+	last := time.Now()
+	for {
+		if gap := time.Since(last); gap > p.StallAfter {
+			p.mu.Lock()
+			p.incarnation = time.Now().UnixNano()
+			p.mu.Unlock()
+			p.Log.Warn("this node was stalled: its peers have dropped it; rejoining as a new member", "stalled", gap.Round(time.Millisecond), "member", p.id())
+		}
+		last = time.Now()
+		p.c.MemberList.UpdateClusterTopology(p.members())
+		select {
+		case <-p.stop:
+			return
+		case <-time.After(p.Refresh):
+		}
+	}
+}
+
+// members asks every peer for its health, in parallel.
+func (p *StaticProvider) members() []*cluster.Member {
+	out := make([]*cluster.Member, len(p.Cluster.Nodes))
+	var wg sync.WaitGroup
+	for i := range p.Cluster.Nodes {
+		n := &p.Cluster.Nodes[i]
+		if n.Name == p.Node {
+			out[i] = member(p.id(), n.Remote)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), p.Timeout)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+n.Membership+"/_health", nil)
+			resp, err := p.client.Do(req)
+			if err != nil {
+				return
+			}
+			defer resp.Body.Close()
+			var h health
+			if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&h) != nil ||
+				h.Cluster != p.Cluster.Name || h.Node != n.Name || NodeOf(h.ID) != n.Name {
+				return
+			}
+			out[i] = member(h.ID, n.Remote)
+		}()
+	}
+	wg.Wait()
+	ms := out[:0]
+	for _, m := range out {
+		if m != nil {
+			ms = append(ms, m)
+		}
+	}
+	return ms
+}
+
+func member(id, remote string) *cluster.Member {
+	host, port, _ := net.SplitHostPort(remote)
+	pn, _ := strconv.Atoi(port)
+	return &cluster.Member{Id: id, Host: host, Port: int32(pn)}
+}
+
+// Alive returns the node names protoactor's member list holds (nil before
+// the first topology).
+func Alive(c *cluster.Cluster) map[string]bool {
+	set := c.MemberList.Members()
+	if set == nil || set.Len() == 0 {
+		return nil
+	}
+	out := map[string]bool{}
+	for _, m := range set.Members() {
+		out[NodeOf(m.Id)] = true
+	}
+	return out
+}
