@@ -190,15 +190,22 @@ func member(id, remote string) *cluster.Member {
 }
 
 // Alive returns the node names protoactor's member list holds (nil before
-// the first topology).
-func Alive(c *cluster.Cluster) map[string]bool {
+// the first topology), found by their remote address in the cluster file
+// (the etcd provider's member ids are actor system ids).
+func Alive(c *cluster.Cluster, cl *config.Cluster) map[string]bool {
 	set := c.MemberList.Members()
 	if set == nil || set.Len() == 0 {
 		return nil
 	}
+	byAddr := make(map[string]string, len(cl.Nodes))
+	for _, n := range cl.Nodes {
+		byAddr[n.Remote] = n.Name
+	}
 	out := map[string]bool{}
 	for _, m := range set.Members() {
-		out[NodeOf(m.Id)] = true
+		if n, ok := byAddr[net.JoinHostPort(m.Host, strconv.Itoa(int(m.Port)))]; ok {
+			out[n] = true
+		}
 	}
 	return out
 }

@@ -12,9 +12,11 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/asynkron/protoactor-go/cluster"
+	"github.com/asynkron/protoactor-go/cluster/clusterproviders/etcd"
 	"github.com/asynkron/protoactor-go/cluster/identitylookup/disthash"
 	"github.com/asynkron/protoactor-go/remote"
 	"github.com/redis/go-redis/v9"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/voltage-ems/voltage/actors/acquisition"
 	"github.com/voltage-ems/voltage/actors/history"
@@ -119,7 +121,7 @@ func (n *nodeRun) startPlacement(p *placedParts, member *cluster.Cluster) *place
 	pc := placement.New(placement.Options{
 		Leases: &placement.Leases{C: p.redis, Node: me, TTL: cl.LeaseTTL},
 		Nodes:  cl.NodeNames(), Units: units, Log: n.log.With("component", "placement"),
-		Members: func() map[string]bool { return placement.Alive(member) },
+		Members: func() map[string]bool { return placement.Alive(member, cl) },
 		Beat: func() map[string]any {
 			return map[string]any{"substation": self.Substation, "roles": strings.Join(self.Roles, ","),
 				"http": self.HTTP, "version": version, "started": started}
@@ -147,12 +149,19 @@ func (n *nodeRun) clusterView(c *redis.Client) func(ctx context.Context) (any, e
 func (n *nodeRun) startMember(system *actor.ActorSystem) (c *cluster.Cluster, err error) {
 	cl := n.cluster
 	self := cl.Node(n.cfg.Node.Name)
-	if cl.Provider.Kind != config.ProviderAutomanaged {
-		return nil, fmt.Errorf("cluster provider %q: only automanaged is available in this build so far", cl.Provider.Kind)
-	}
 	host, portStr, _ := net.SplitHostPort(self.Remote)
 	port, _ := strconv.Atoi(portStr)
-	prov := &placement.StaticProvider{Cluster: cl, Node: self.Name, Log: n.log.With("component", "membership")}
+	var prov cluster.ClusterProvider
+	switch cl.Provider.Kind {
+	case config.ProviderEtcd:
+		p, err := etcd.NewWithConfig("/voltage/"+cl.Name, clientv3.Config{Endpoints: cl.Provider.Endpoints, DialTimeout: 5 * time.Second})
+		if err != nil {
+			return nil, fmt.Errorf("etcd provider %v: %w", cl.Provider.Endpoints, err)
+		}
+		prov = p
+	default:
+		prov = &placement.StaticProvider{Cluster: cl, Node: self.Name, Log: n.log.With("component", "membership")}
+	}
 	c = cluster.New(system, cluster.Configure(cl.Name, prov, disthash.New(), remote.Configure(host, port)))
 	defer func() { // StartMember panics when it cannot listen
 		if p := recover(); p != nil {

@@ -1,0 +1,89 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+)
+
+const etcdSkip = "etcd not on PATH (Debian package etcd-server; .ci/run installs it)"
+
+// Etcd is a single-member etcd owned by one test.
+type Etcd struct {
+	process
+	ClientPort, PeerPort int
+	dir                  string
+}
+
+// Endpoint is host:port of the client API.
+func (e *Etcd) Endpoint() string { return "127.0.0.1:" + strconv.Itoa(e.ClientPort) }
+
+// StartEtcd starts etcd with its data in a temp dir on free loopback ports;
+// it skips the test when etcd is not installed.
+func StartEtcd(t testing.TB) *Etcd {
+	t.Helper()
+	path, err := exec.LookPath("etcd")
+	if err != nil {
+		t.Skip(etcdSkip)
+	}
+	e := &Etcd{dir: t.TempDir()}
+	e.t = t
+	for attempt := 0; attempt < 5; attempt++ {
+		e.ClientPort, e.PeerPort = FreePort(t), FreePort(t)
+		if e.ClientPort == e.PeerPort {
+			continue
+		}
+		if err = e.start(path); err == nil {
+			t.Cleanup(e.Stop)
+			return e
+		}
+	}
+	t.Fatalf("start etcd: %v", err)
+	return nil
+}
+
+func (e *Etcd) start(path string) error {
+	client := "http://" + e.Endpoint()
+	peer := "http://127.0.0.1:" + strconv.Itoa(e.PeerPort)
+	log, err := os.Create(filepath.Join(e.dir, "etcd.log"))
+	if err != nil {
+		return err
+	}
+	e.cmd = exec.Command(path, "--name", "test", "--data-dir", filepath.Join(e.dir, "data"),
+		"--listen-client-urls", client, "--advertise-client-urls", client,
+		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+		"--initial-cluster", "test="+peer, "--log-outputs", "stderr")
+	e.cmd.Stdout, e.cmd.Stderr = log, log
+	done, err := e.run()
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-done:
+			b, _ := os.ReadFile(log.Name())
+			return fmt.Errorf("etcd exited: %s", lastLines(string(b), 5))
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, client+"/health", nil)
+		resp, err := http.DefaultClient.Do(req)
+		cancel()
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	e.kill()
+	return fmt.Errorf("etcd on %s not healthy within 10s", e.Endpoint())
+}
