@@ -61,14 +61,14 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintln(stderr, err)
 			return fmt.Errorf("%s is not valid", *clusterFile)
 		}
-		if cfg.Redis.URL == "" {
-			fmt.Fprintf(stderr, "%s: redis.url: a cluster needs one Redis shared by its nodes (the embedded one is per process)\n", cfg.File)
-			return fmt.Errorf("%s is not valid for a cluster", f.config)
-		}
 		me := cl.Node(*nodeName)
 		if me == nil {
 			fmt.Fprintln(stderr, cl.UnknownNode(*nodeName))
 			return fmt.Errorf("--node %s is not in %s", *nodeName, *clusterFile)
+		}
+		if cfg.Redis.URL == "" {
+			fmt.Fprintf(stderr, "%s: redis.url: a cluster needs one Redis shared by its nodes (the embedded one is per process)\n", cfg.File)
+			return fmt.Errorf("%s is not valid for a cluster", f.config)
 		}
 		// Name and addresses from the cluster file; each node keeps its
 		// own data (history, spool) under data_dir/{node}.

@@ -91,3 +91,44 @@ func TestUsageErrors(t *testing.T) {
 		t.Errorf("version: %d %q", code, out)
 	}
 }
+
+// TestClusterConfigErrors: the cluster file is checked with the node
+// config, by check and by run, and a bad one never starts a node.
+func TestClusterConfigErrors(t *testing.T) {
+	demo := filepath.Join("..", "..", "config", "examples", "demo.yaml")
+	root := filepath.Join("..", "..", "cluster.yaml")
+	out, code := runCmd(t, nil, "check", "-c", demo, "--cluster", root)
+	if code != 0 || !strings.Contains(out, "cluster.yaml: ok (cluster site-1, provider automanaged, 3 nodes in 2 substations") {
+		t.Fatalf("check the root cluster.yaml: exit %d\n%s", code, out)
+	}
+	dir := writeFiles(t, map[string]string{"c.yaml": `name: s
+provider: {kind: automanaged}
+nodes:
+  - {name: a1, substation: A, remote: 127.0.0.1:8101, membership: 127.0.0.1:6331, http: 127.0.0.1:8081}
+  - {name: a2, remote: 127.0.0.1:8101, membership: 127.0.0.1:6332, http: 127.0.0.1:8082}
+channels:
+  1001: {nodes: [a1, zz]}
+`})
+	out, code = runCmd(t, nil, "check", "-c", demo, "--cluster", filepath.Join(dir, "c.yaml"))
+	for _, want := range []string{
+		`c.yaml:5: nodes[1].substation: required`,
+		`c.yaml:5: nodes[1].remote: duplicate address 127.0.0.1:8101 (also nodes[0].remote)`,
+		`c.yaml:7: channels.1001.nodes[1]: unknown node "zz"`,
+		`channel 1002 of`,
+	} {
+		if code != 1 || !strings.Contains(out, want) {
+			t.Errorf("check with a bad cluster file: exit %d, want %q in:\n%s", code, want, out)
+		}
+	}
+	out, code = runCmd(t, nil, "run", "-c", demo, "--cluster", root, "--node", "sub-z9")
+	if code == 0 || !strings.Contains(out, `unknown node name "sub-z9" (the cluster has sub-a1, sub-a2, sub-b1)`) {
+		t.Errorf("run with an unknown node: exit %d\n%s", code, out)
+	}
+	out, code = runCmd(t, nil, "run", "-c", demo, "--cluster", root, "--node", "sub-a1")
+	if code == 0 || !strings.Contains(out, "redis.url: a cluster needs one Redis shared by its nodes") {
+		t.Errorf("run a cluster node on the embedded redis: exit %d\n%s", code, out)
+	}
+	if out, code := runCmd(t, nil, "run", "-c", demo, "--node", "sub-a1"); code != 2 || !strings.Contains(out, "--cluster FILE and --node NAME go together") {
+		t.Errorf("--node without --cluster: exit %d\n%s", code, out)
+	}
+}
