@@ -33,6 +33,11 @@ type Member struct {
 	Updated    int64    `json:"updated,omitempty"`
 	Version    string   `json:"version,omitempty"`
 	Owned      []string `json:"owned"`
+	// Reachable: the node answered an ownership request over protoactor
+	// remote just now; Missing lists the units it should run but does
+	// not hold (from that answer).
+	Reachable bool     `json:"reachable"`
+	Missing   []string `json:"missing"`
 }
 
 // UnitView is one placed unit and its lease.

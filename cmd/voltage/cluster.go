@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -133,13 +134,41 @@ func (n *nodeRun) startPlacement(p *placedParts, member *cluster.Cluster) *place
 	return pc
 }
 
-// clusterView answers GET /api/cluster (nil without a cluster).
-func (n *nodeRun) clusterView(c *redis.Client) func(ctx context.Context) (any, error) {
+// clusterView answers GET /api/cluster (nil without a cluster): Redis's
+// view (heartbeats, leases), completed by asking every alive node over
+// protoactor remote what it runs.
+func (n *nodeRun) clusterView(c *redis.Client, system *actor.ActorSystem) func(ctx context.Context) (any, error) {
 	if n.cluster == nil {
 		return nil
 	}
 	return func(ctx context.Context) (any, error) {
-		return placement.ReadView(ctx, c, n.cluster, n.cfg)
+		v, err := placement.ReadView(ctx, c, n.cluster, n.cfg)
+		if err != nil {
+			return nil, err
+		}
+		var wg sync.WaitGroup
+		for i := range v.Members {
+			m := &v.Members[i]
+			m.Missing = []string{}
+			peer := n.cluster.Node(m.Name)
+			if !m.Alive || peer == nil {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				pid := actor.NewPID(peer.Remote, "voltage/"+placement.RemoteName)
+				res, err := system.Root.RequestFuture(pid, &messages.OwnershipRequest{}, 500*time.Millisecond).Result()
+				if r, ok := res.(*messages.OwnershipReply); ok && err == nil {
+					m.Reachable = true
+					if r.Missing != nil {
+						m.Missing = r.Missing
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		return v, nil
 	}
 }
 

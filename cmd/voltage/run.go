@@ -354,7 +354,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 	if err := n.step("http", func() error {
 		h := web.NewHandler(web.Deps{
 			Config: cfg, Redis: api, Gatherer: reg, Version: version, Log: log.With("component", "http"), Context: ctx,
-			Sessions: sessions, History: store, Computations: computations, Alarms: alarmActions, Cluster: n.clusterView(api),
+			Sessions: sessions, History: store, Computations: computations, Alarms: alarmActions, Cluster: n.clusterView(api, system),
 			Status: func(ctx context.Context, id uint32) (*messages.ChannelStatus, error) {
 				res, err := system.Root.RequestFuture(channels, &messages.GetChannelStatus{ChannelID: id}, time.Second).Result()
 				if err != nil {

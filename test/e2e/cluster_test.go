@@ -242,9 +242,11 @@ alarms:
 	// Any node answers for the whole cluster.
 	var view struct {
 		Members []struct {
-			Name  string   `json:"name"`
-			Alive bool     `json:"alive"`
-			Owned []string `json:"owned"`
+			Name      string   `json:"name"`
+			Alive     bool     `json:"alive"`
+			Owned     []string `json:"owned"`
+			Reachable bool     `json:"reachable"`
+			Missing   []string `json:"missing"`
 		} `json:"members"`
 		Units []struct {
 			Kind, ID, Owner string
@@ -257,6 +259,11 @@ alarms:
 			return false
 		}
 		alive := fmt.Sprint(view.Members[0].Alive, view.Members[1].Alive, view.Members[2].Alive)
+		for _, m := range view.Members {
+			if m.Name == final && (!m.Reachable || len(m.Missing) != 0 || len(m.Owned) == 0) {
+				return false // the owner answers over remote, runs what it should
+			}
+		}
 		owners := map[string]string{}
 		for _, u := range view.Units {
 			owners[u.Kind+":"+u.ID] = u.Owner
