@@ -39,9 +39,18 @@ func FenceKey(kind, id string) string { return "lease:fence:" + kind + ":" + id 
 var ErrNotOwner = errors.New("lease not held by this node")
 
 var (
+	// acquireScript: KEYS[1] lease, KEYS[2] fence counter; ARGV[1] node,
+	// ARGV[2] TTL ms, ARGV[3] a value this process held before ("" none),
+	// which it may take back as is. Returns {1, value} when acquired, or
+	// {0, current value, its PTTL}.
 	acquireScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return {0, redis.call('GET', KEYS[1])}
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  if ARGV[3] ~= '' and cur == ARGV[3] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return {1, cur}
+  end
+  return {0, cur, redis.call('PTTL', KEYS[1])}
 end
 local tok = redis.call('INCR', KEYS[2])
 local v = ARGV[1] .. ':' .. tok
@@ -111,21 +120,62 @@ func (l *Leases) now() time.Time {
 // the current value when another node (or an earlier run of this one)
 // holds it.
 func (l *Leases) Acquire(ctx context.Context, kind, id string) (*Holder, string, error) {
+	h, cur, _, err := l.acquire(ctx, kind, id, "")
+	return h, cur, err
+}
+
+// acquire is Acquire that may also take back prev, a value this process
+// held until a renewal failed, and reports how long a taken lease lasts.
+func (l *Leases) acquire(ctx context.Context, kind, id, prev string) (*Holder, string, time.Duration, error) {
 	sent := l.now()
 	res, err := acquireScript.Run(ctx, l.C, []string{LeaseKey(kind, id), FenceKey(kind, id)},
-		l.Node, l.TTL.Milliseconds()).Slice()
+		l.Node, l.TTL.Milliseconds(), prev).Slice()
 	if err != nil {
-		return nil, "", err
+		return nil, "", 0, err
 	}
-	if len(res) != 2 {
-		return nil, "", errors.New("lease acquire: unexpected reply")
+	if len(res) < 2 {
+		return nil, "", 0, errors.New("lease acquire: unexpected reply")
 	}
 	v, _ := res[1].(string)
 	if ok, _ := res[0].(int64); ok != 1 {
-		return nil, v, nil
+		var left time.Duration
+		if len(res) == 3 {
+			if ms, _ := res[2].(int64); ms > 0 {
+				left = time.Duration(ms) * time.Millisecond
+			}
+		}
+		return nil, v, left, nil
 	}
 	_, tok := Owner(v)
-	return &Holder{Kind: kind, ID: id, Value: v, Token: tok, Deadline: sent.Add(l.TTL)}, v, nil
+	return &Holder{Kind: kind, ID: id, Value: v, Token: tok, Deadline: sent.Add(l.TTL)}, v, 0, nil
+}
+
+// RenewAll renews every holder in one pipeline (one round trip whatever
+// their number); errs[i] is nil, ErrNotOwner or the failure of holders[i].
+func (l *Leases) RenewAll(ctx context.Context, holders []*Holder) []error {
+	errs := make([]error, len(holders))
+	if len(holders) == 0 {
+		return errs
+	}
+	sent := l.now()
+	pipe := l.C.Pipeline()
+	cmds := make([]*redis.Cmd, len(holders))
+	for i, h := range holders {
+		cmds[i] = renewScript.Eval(ctx, pipe, []string{LeaseKey(h.Kind, h.ID)}, h.Value, l.TTL.Milliseconds())
+	}
+	_, _ = pipe.Exec(ctx)
+	for i, h := range holders {
+		n, err := cmds[i].Int()
+		switch {
+		case err != nil:
+			errs[i] = err
+		case n != 1:
+			errs[i] = ErrNotOwner
+		default:
+			h.Deadline = sent.Add(l.TTL)
+		}
+	}
+	return errs
 }
 
 // Renew extends h; ErrNotOwner when the lease is no longer h's.

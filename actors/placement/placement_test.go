@@ -174,3 +174,34 @@ func TestRedisDownStopsUnits(t *testing.T) {
 		t.Fatalf("status %+v", st)
 	}
 }
+
+// TestStallOfRedisStopsThenReadopts: Redis stalls (CLIENT PAUSE) past the
+// renewal's time budget: the unit stops at once; when Redis answers again
+// and still holds this node's lease, the node takes it back as it is (same
+// token) instead of waiting for it to expire.
+func TestStallOfRedisStopsThenReadopts(t *testing.T) {
+	r := testenv.StartRedis(t)
+	c := client(t, r.Addr())
+	admin := redis.NewClient(&redis.Options{Addr: r.Addr()})
+	t.Cleanup(func() { _ = admin.Close() })
+	const ttl = 3 * time.Second
+	u := &unitRec{}
+	startPlacer(t, c, "a", ttl, u.unit(KindChannel, "7", "a"))
+	testenv.Eventually(t, 5*time.Second, u.isRunning, "unit running")
+	first := u.lease
+	if err := admin.Do(context.Background(), "CLIENT", "PAUSE", "1500", "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	paused := time.Now()
+	testenv.Eventually(t, 3*time.Second, func() bool { return !u.isRunning() }, "unit stopped while redis stalls")
+	testenv.Eventually(t, 5*time.Second, u.isRunning, "unit running again")
+	u.mu.Lock()
+	again, starts := u.lease, u.starts
+	u.mu.Unlock()
+	if starts != 2 || again.Token() != first.Token() || again.Value() != first.Value() {
+		t.Fatalf("starts %d, token %d then %d: want the same lease taken back", starts, first.Token(), again.Token())
+	}
+	if d := time.Since(paused); d >= ttl {
+		t.Fatalf("back after %v: it waited for the lease to expire", d)
+	}
+}

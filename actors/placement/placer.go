@@ -77,6 +77,12 @@ type Options struct {
 type Placer struct {
 	opt  Options
 	held map[string]*held // by unit key
+	// prev is the lease value a unit had here until a renewal failed for
+	// a reason other than losing it: the next acquire may take it back
+	// at once instead of waiting for it to expire.
+	prev map[string]string
+	// wake is when a lease this node waits for expires (zero: none).
+	wake time.Time
 
 	mu     sync.Mutex
 	status Status
@@ -113,7 +119,7 @@ func New(opt Options) *Placer {
 	if opt.Interval <= 0 {
 		opt.Interval = opt.Leases.TTL / 3
 	}
-	return &Placer{opt: opt, held: map[string]*held{}, stop: make(chan struct{}), done: make(chan struct{})}
+	return &Placer{opt: opt, held: map[string]*held{}, prev: map[string]string{}, stop: make(chan struct{}), done: make(chan struct{})}
 }
 
 func unitKey(u *Unit) string { return u.Kind + ":" + u.ID }
@@ -133,9 +139,15 @@ func (p *Placer) Run() {
 			p.cycle()
 			wait := p.opt.Interval
 			// Wake up at the earliest deadline too: a unit whose lease
-			// could not be renewed stops the moment it may have expired.
+			// could not be renewed stops the moment it may have expired;
+			// and when a lease this node waits for expires.
 			for _, h := range p.held {
 				if d := time.Until(h.h.Deadline); d < wait {
+					wait = max(d, time.Millisecond)
+				}
+			}
+			if !p.wake.IsZero() {
+				if d := time.Until(p.wake); d < wait {
 					wait = max(d, time.Millisecond)
 				}
 			}
@@ -183,8 +195,10 @@ func (p *Placer) drop(k string, h *held, why string, args ...any) {
 
 func (p *Placer) cycle() {
 	l := p.opt.Leases
-	ctx, cancel := context.WithTimeout(context.Background(), max(l.TTL/3, 200*time.Millisecond))
+	budget := max(l.TTL/3, 200*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
 	defer cancel()
+	p.wake = time.Time{}
 
 	// Deadlines first: a stalled process wakes up here past them.
 	for k, h := range p.held {
@@ -217,6 +231,7 @@ func (p *Placer) cycle() {
 		// No Redis, no lease: everything stops here and starts again
 		// when Redis is back.
 		for k, h := range p.held {
+			p.prev[k] = h.h.Value // Redis may still hold it when it answers again
 			p.drop(k, h, "redis unreachable", "err", err)
 		}
 		p.setStatus(nil, true)
@@ -235,18 +250,31 @@ func (p *Placer) cycle() {
 		}
 	}
 
-	// Renew what is held; a failure stops the unit at once.
+	// Renew what is held, in one round trip with its own time budget; a
+	// failure stops the unit at once.
+	keys := make([]string, 0, len(p.held))
+	holders := make([]*Holder, 0, len(p.held))
 	for k, h := range p.held {
-		if err := l.Renew(ctx, h.h); err != nil {
-			if errors.Is(err, ErrNotOwner) {
-				p.drop(k, h, "lease taken by another node")
-			} else {
-				p.drop(k, h, "lease renewal failed", "err", err)
-			}
-			continue
-		}
-		h.lease.set(h.h.Deadline)
+		keys = append(keys, k)
+		holders = append(holders, h.h)
 	}
+	rctx, rcancel := context.WithTimeout(context.Background(), budget)
+	errs := l.RenewAll(rctx, holders)
+	rcancel()
+	for i, k := range keys {
+		h := p.held[k]
+		switch err := errs[i]; {
+		case errors.Is(err, ErrNotOwner):
+			p.drop(k, h, "lease taken by another node")
+		case err != nil:
+			p.prev[k] = h.h.Value
+			p.drop(k, h, "lease renewal failed", "err", err)
+		default:
+			h.lease.set(h.h.Deadline)
+		}
+	}
+	actx, acancel := context.WithTimeout(context.Background(), budget)
+	defer acancel()
 
 	for i := range p.opt.Units {
 		u := &p.opt.Units[i]
@@ -264,7 +292,7 @@ func (p *Placer) cycle() {
 				// hand the unit back to it.
 				h.unit.Stop()
 				delete(p.held, k)
-				if err := l.Release(ctx, h.h); err != nil {
+				if err := l.Release(actx, h.h); err != nil {
 					p.opt.Log.Warn("lease not released after handover (it expires on its own)", "unit", k, "err", err)
 				}
 				p.opt.Log.Info("unit handed over to a preferred node", "unit", k, "to", want)
@@ -274,21 +302,31 @@ func (p *Placer) cycle() {
 		if want != l.Node {
 			continue
 		}
-		h, cur, err := l.Acquire(ctx, u.Kind, u.ID)
+		if actx.Err() != nil {
+			break // out of time this cycle: the next one goes on
+		}
+		h, cur, left, err := l.acquire(actx, u.Kind, u.ID, p.prev[k])
 		if err != nil {
 			p.opt.Log.Warn("lease acquire failed", "unit", k, "err", err)
 			continue
 		}
+		delete(p.prev, k)
 		if h == nil {
 			if owner, _ := Owner(cur); owner == l.Node {
 				p.opt.Log.Info("lease still held by an earlier run of this node; waiting for it to expire", "unit", k)
+			}
+			if owner, _ := Owner(cur); !alive[owner] && left > 0 {
+				// Its owner is gone: try again the moment it expires.
+				if at := time.Now().Add(left + 5*time.Millisecond); p.wake.IsZero() || at.Before(p.wake) {
+					p.wake = at
+				}
 			}
 			continue
 		}
 		lease := newLease(h)
 		if err := u.Start(lease); err != nil {
 			p.opt.Log.Error("unit did not start; lease released", "unit", k, "err", err)
-			_ = l.Release(ctx, h)
+			_ = l.Release(actx, h)
 			continue
 		}
 		p.held[k] = &held{unit: u, lease: lease, h: h, since: time.Now()}

@@ -86,7 +86,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	defer stop()
 	// protoactor logs every dead letter at info (for example the stop
 	// messages of an ordered shutdown): keep its logger at warn or above.
-	actorLog := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: max(f.level, slog.LevelWarn)}))
+	// Its repeated messages (remote reconnect attempts to a member that
+	// is down) are throttled to one per 30 s each.
+	actorLog := slog.New(newThrottle(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: max(f.level, slog.LevelWarn)}), 30*time.Second))
 	n := &nodeRun{cfg: cfg, cluster: cl, log: log.With("node", cfg.Node.Name), actorLog: actorLog.With("node", cfg.Node.Name, "component", "actor"), simulate: *simulate}
 	return n.run(ctx)
 }
