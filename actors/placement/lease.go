@@ -158,12 +158,22 @@ func (l *Leases) RenewAll(ctx context.Context, holders []*Holder) []error {
 		return errs
 	}
 	sent := l.now()
-	pipe := l.C.Pipeline()
-	cmds := make([]*redis.Cmd, len(holders))
-	for i, h := range holders {
-		cmds[i] = renewScript.Eval(ctx, pipe, []string{LeaseKey(h.Kind, h.ID)}, h.Value, l.TTL.Milliseconds())
+	run := func() []*redis.Cmd {
+		pipe := l.C.Pipeline()
+		cmds := make([]*redis.Cmd, len(holders))
+		for i, h := range holders {
+			cmds[i] = renewScript.EvalSha(ctx, pipe, []string{LeaseKey(h.Kind, h.ID)}, h.Value, l.TTL.Milliseconds())
+		}
+		_, _ = pipe.Exec(ctx)
+		return cmds
 	}
-	_, _ = pipe.Exec(ctx)
+	cmds := run()
+	if err := cmds[0].Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		// A new or restarted Redis: load the script, then once more.
+		if err := renewScript.Load(ctx, l.C).Err(); err == nil {
+			cmds = run()
+		}
+	}
 	for i, h := range holders {
 		n, err := cmds[i].Int()
 		switch {

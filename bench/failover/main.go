@@ -23,7 +23,8 @@
 // commandstats and stats are read before and after; the difference between
 // the two runs is what placement costs: per cycle one heartbeat pipeline
 // (HSET + PEXPIRE node:{name}, EXISTS per node of the cluster file) and
-// one renewal per held unit (EVALSHA, which runs GET and PEXPIRE in Redis).
+// one pipeline of renewals, one per held unit (EVALSHA, which runs GET and
+// PEXPIRE in Redis).
 //
 //	go run ./bench/failover [-kills 20] [-ttl 3s] [-nodes 2] [-channels 20] [-traffic 30s] [-keep]
 //
@@ -834,8 +835,8 @@ func (b *bench) traffic(channels int, d time.Duration) (*trafficResult, error) {
 		res.period.Round(100*time.Microsecond), interval, interval,
 		res.perNodeS, res.perUnitS, res.inNode/res.period.Seconds(), res.inUnit/res.period.Seconds())
 	fmt.Print("arithmetic: every cycle (lease_ttl/3) a node sends one pipeline: HSET node:{name} (7 fields, \"owned\" lists the held units)\n" +
-		"+ PEXPIRE + one EXISTS per node of the cluster file (2+N commands, 1 round trip); then one EVALSHA per held unit, one after\n" +
-		"the other (U round trips), each running GET + PEXPIRE in Redis: (2+N+U) requests, (2+N+3U) executed commands and (1+U)\n" +
+		"+ PEXPIRE + one EXISTS per node of the cluster file (2+N commands, 1 round trip); then one pipeline of EVALSHA, one per\n" +
+		"held unit (1 round trip), each running GET + PEXPIRE in Redis: (2+N+U) requests, (2+N+3U) executed commands and 2\n" +
 		"round trips per cycle. A renewal is about 116 bytes (EVALSHA, 40-byte sha, lease:channel:NNNN, node:token, TTL in ms) and\n" +
 		"its answer 4 (:1), plus the unit's name in \"owned\". A site of M nodes holding U units in all: M(2+M)+3U commands per\n" +
 		"cycle (the EXISTS part grows as M squared).\n")

@@ -118,18 +118,7 @@ alarms:
 		"p.csv": alarmPoints,
 	})
 	cfgPath := filepath.Join(dir, "node.yaml")
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sim, err := simulator.New(cfg.Channels[0].Points)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := sim.Serve(fmt.Sprintf("127.0.0.1:%d", mbPort)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
+	sim := startSim(t, cfgPath, mbPort)
 	set := func(i int, v float64) {
 		t.Helper()
 		if err := sim.SetValue(i, v); err != nil {
@@ -389,18 +378,7 @@ alarms:
 		"p.csv": alarmPoints,
 	})
 	cfgPath := filepath.Join(dir, "node.yaml")
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sim, err := simulator.New(cfg.Channels[0].Points)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := sim.Serve(fmt.Sprintf("127.0.0.1:%d", mbPort)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
+	sim := startSim(t, cfgPath, mbPort)
 	if err := sim.SetValue(0, 255); err != nil {
 		t.Fatal(err)
 	}
@@ -436,4 +414,26 @@ alarms:
 	if n := rdb.Exists(ctx, "alarm:notify:pending:keep-e2e").Val(); n != 0 {
 		t.Fatal("the pending list is still in redis")
 	}
+}
+
+// startSim serves the first channel of the node config at cfgPath from an
+// in-process simulator, on each of ports (a node per port in the cluster
+// tests, so its request log tells the nodes apart).
+func startSim(t *testing.T, cfgPath string, ports ...int) *simulator.Simulator {
+	t.Helper()
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim, err := simulator.New(cfg.Channels[0].Points, simulator.WithRequestLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	for _, p := range ports {
+		if _, err := sim.Serve(fmt.Sprintf("127.0.0.1:%d", p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return sim
 }

@@ -94,22 +94,13 @@ alarms:
 	}
 	files["cluster.yaml"] = "name: e2e\nprovider: " + provider + "\nnodes:\n" + nodesYAML.String() + "channels:\n  1001: {substation: A}\n"
 	dir := writeFiles(t, files)
-	cfg, err := config.Load(filepath.Join(dir, "n1.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sim, err := simulator.New(cfg.Channels[0].Points, simulator.WithRequestLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
 	portOf := map[int]string{}
+	var ports []int
 	for _, n := range names {
-		if _, err := sim.Serve(fmt.Sprintf("127.0.0.1:%d", mbPorts[n])); err != nil {
-			t.Fatal(err)
-		}
 		portOf[mbPorts[n]] = n
+		ports = append(ports, mbPorts[n])
 	}
+	sim := startSim(t, filepath.Join(dir, "n1.yaml"), ports...)
 
 	procs := map[string]*proc{}
 	for _, n := range names {
@@ -329,18 +320,7 @@ channels:
   1001: {substation: A}
 `, testenv.FreePort(t), testenv.FreePort(t), httpPort),
 	})
-	cfg, err := config.Load(filepath.Join(dir, "n1.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sim, err := simulator.New(cfg.Channels[0].Points, simulator.WithRequestLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
-	if _, err := sim.Serve(fmt.Sprintf("127.0.0.1:%d", mbPort)); err != nil {
-		t.Fatal(err)
-	}
+	sim := startSim(t, filepath.Join(dir, "n1.yaml"), mbPort)
 	start(t, nil, "run", "-c", filepath.Join(dir, "n1.yaml"), "--cluster", filepath.Join(dir, "cluster.yaml"), "--node", "n1")
 	polling := func(since time.Time) bool {
 		for _, q := range sim.RequestLog() {
