@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -20,6 +21,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/voltage-ems/voltage/actors/acquisition"
+	"github.com/voltage-ems/voltage/actors/alarm"
 	"github.com/voltage-ems/voltage/actors/history"
 	"github.com/voltage-ems/voltage/actors/node"
 	"github.com/voltage-ems/voltage/actors/placement"
@@ -227,4 +229,40 @@ func (n *nodeRun) remoteStatus(ctx context.Context, system *actor.ActorSystem, c
 		return st
 	}
 	return placement.StatusOf(reply)
+}
+
+// forwardAlarmEvents sends the alarm events of other nodes (alarm:event) to
+// this node's live sessions, batched like the local ones: in a cluster the
+// alarm group runs on one node, and every node's dashboard shows its events.
+func (n *nodeRun) forwardAlarmEvents(ctx context.Context, c *redis.Client, send func([]alarm.Event)) {
+	ps := c.Subscribe(ctx, alarm.EventChannel)
+	n.onStop("alarm event forwarder", func() { _ = ps.Close() })
+	msgs := ps.Channel(redis.WithChannelSize(10000))
+	go func() {
+		var batch []alarm.Event
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case m, ok := <-msgs:
+				if !ok {
+					return
+				}
+				var ev alarm.Event
+				if json.Unmarshal([]byte(m.Payload), &ev) != nil || ev.Node == n.cfg.Node.Name {
+					continue // this node's own events reach its sessions directly
+				}
+				batch = append(batch, ev)
+				if len(batch) >= 500 {
+					send(batch)
+					batch = nil
+				}
+			case <-tick.C:
+				if len(batch) > 0 {
+					send(batch)
+					batch = nil
+				}
+			}
+		}
+	}()
 }

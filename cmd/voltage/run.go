@@ -323,6 +323,11 @@ func (n *nodeRun) run(ctx context.Context) error {
 			hist.SetPaused(true) // until this node holds the history lease
 		}
 		placed = &placedParts{system: system, root: rootPID, channels: channels, subscriber: subscriber, hist: hist, redis: api}
+		if n.cluster != nil {
+			n.forwardAlarmEvents(ctx, alarmRedis, func(evs []alarm.Event) {
+				system.Root.Send(hubPID, &session.Broadcast{Frame: &alarm.Frame{Type: "alarm", Events: evs}})
+			})
+		}
 		alarmActions = alarm.Requests{Root: system.Root, PID: alarmsPID}
 		computations = func(ctx context.Context) (any, error) {
 			res, err := system.Root.RequestFuture(dagPID, &dag.GetComputations{}, time.Second).Result()

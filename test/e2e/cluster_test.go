@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/voltage-ems/voltage/config"
@@ -289,9 +290,38 @@ alarms:
 		return code == 200 && json.Unmarshal([]byte(body), &ch) == nil && ch.Node == final && ch.Connected && ch.Polls > 0
 	}, "%s reporting channel 1001's status from %s", asker, final)
 
-	// The alarms run on the owner now, on the values it polls.
+	// The alarms run on the owner now, on the values it polls; a dashboard
+	// connected to another node gets the alarm frame too.
+	ws, _, err := websocket.DefaultDialer.Dial(fmt.Sprintf("ws://127.0.0.1:%d/ws?token=%s", httpPorts[asker], opToken), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	frames := make(chan string, 100)
+	go func() {
+		for {
+			_, b, err := ws.ReadMessage()
+			if err != nil {
+				close(frames)
+				return
+			}
+			frames <- string(b)
+		}
+	}()
 	if err := sim.SetValue(0, 260); err != nil {
 		t.Fatal(err)
+	}
+	deadline := time.After(10 * time.Second)
+	for got := false; !got; {
+		select {
+		case f, ok := <-frames:
+			if !ok {
+				t.Fatal("websocket closed before the alarm frame")
+			}
+			got = strings.Contains(f, `"type":"alarm"`) && strings.Contains(f, `"alarm_id":"hv"`) && strings.Contains(f, `"node":"`+final+`"`)
+		case <-deadline:
+			t.Fatalf("no alarm frame on %s's websocket for the alarm raised on %s", asker, final)
+		}
 	}
 	testenv.Eventually(t, 5*time.Second, func() bool {
 		return rdb.HGet(ctx, "alarm:hv", "state").Val() == "active-unacked"
