@@ -207,6 +207,19 @@ func (l *Leases) Release(ctx context.Context, h *Holder) error {
 	return releaseScript.Run(ctx, l.C, []string{LeaseKey(h.Kind, h.ID)}, h.Value).Err()
 }
 
+// ReleaseAll releases every holder still current, in one pipeline.
+func (l *Leases) ReleaseAll(ctx context.Context, hs []*Holder) error {
+	if len(hs) == 0 {
+		return nil
+	}
+	pipe := l.C.Pipeline()
+	for _, h := range hs {
+		releaseScript.Eval(ctx, pipe, []string{LeaseKey(h.Kind, h.ID)}, h.Value)
+	}
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
 // Fence claims key (SET NX PX ttl) only while lease value is the current
 // holder of kind/id: true if claimed, false if the key existed; ErrNotOwner
 // when the lease has moved on.

@@ -172,19 +172,21 @@ func (p *Placer) Stop() {
 	})
 }
 
+// releaseAll stops every unit held here, then releases all their leases
+// and the heartbeat in one round trip, so that standbys take over at once.
 func (p *Placer) releaseAll() {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
+	var hs []*Holder
 	for k, h := range p.held {
 		h.unit.Stop()
-		if err := p.opt.Leases.Release(ctx, h.h); err != nil {
-			p.opt.Log.Warn("lease not released (it expires on its own)", "unit", k, "err", err)
-		}
+		hs = append(hs, h.h)
 		delete(p.held, k)
 	}
-	pipe := p.opt.Leases.C.Pipeline()
-	pipe.Del(ctx, NodeKey(p.opt.Leases.Node))
-	_, _ = pipe.Exec(ctx)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := p.opt.Leases.ReleaseAll(ctx, hs); err != nil {
+		p.opt.Log.Warn("leases not released (they expire on their own)", "units", len(hs), "err", err)
+	}
+	_ = p.opt.Leases.C.Del(ctx, NodeKey(p.opt.Leases.Node)).Err()
 }
 
 func (p *Placer) drop(k string, h *held, why string, args ...any) {
@@ -292,7 +294,10 @@ func (p *Placer) cycle() {
 				// hand the unit back to it.
 				h.unit.Stop()
 				delete(p.held, k)
-				if err := l.Release(actx, h.h); err != nil {
+				rctx, rcancel := context.WithTimeout(context.Background(), budget)
+				err := l.Release(rctx, h.h)
+				rcancel()
+				if err != nil {
 					p.opt.Log.Warn("lease not released after handover (it expires on its own)", "unit", k, "err", err)
 				}
 				p.opt.Log.Info("unit handed over to a preferred node", "unit", k, "to", want)

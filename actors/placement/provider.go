@@ -35,10 +35,17 @@ type StaticProvider struct {
 	Refresh    time.Duration // default 500 ms
 	Timeout    time.Duration // per health request, default 300 ms
 	StallAfter time.Duration // default 3 × Refresh + Timeout
-	Log        *slog.Logger
+	// DropAfter is how long a peer may fail its health checks before it
+	// leaves the topology (protoactor then blocks its id for good); one
+	// slow answer does not drop a live peer. Default 3 × Refresh.
+	DropAfter time.Duration
+	Log       *slog.Logger
 
 	mu          sync.Mutex
 	incarnation int64
+	since       time.Time           // of this incarnation
+	seen        map[string]seenPeer // by node name
+	unlisted    int                 // consecutive checks in which a reachable peer did not list this member
 	c           *cluster.Cluster
 	srv         *http.Server
 	client      *http.Client
@@ -47,10 +54,17 @@ type StaticProvider struct {
 }
 
 type health struct {
-	Cluster string `json:"cluster"`
-	Node    string `json:"node"`
-	ID      string `json:"id"`
-	Remote  string `json:"remote"`
+	Cluster string   `json:"cluster"`
+	Node    string   `json:"node"`
+	ID      string   `json:"id"`
+	Remote  string   `json:"remote"`
+	Members []string `json:"members"` // the member ids of its topology
+}
+
+type seenPeer struct {
+	id   string
+	at   time.Time
+	ours bool // its last answer listed this node's current member id
 }
 
 func (p *StaticProvider) id() string {
@@ -76,6 +90,10 @@ func (p *StaticProvider) StartMember(c *cluster.Cluster) error {
 	if p.StallAfter <= 0 {
 		p.StallAfter = 3*p.Refresh + p.Timeout
 	}
+	if p.DropAfter <= 0 {
+		p.DropAfter = 3 * p.Refresh
+	}
+	p.seen = map[string]seenPeer{}
 	if p.Log == nil {
 		p.Log = slog.Default()
 	}
@@ -84,7 +102,7 @@ func (p *StaticProvider) StartMember(c *cluster.Cluster) error {
 		return fmt.Errorf("node %q is not in the cluster", p.Node)
 	}
 	p.c = c
-	p.incarnation = time.Now().UnixNano()
+	p.incarnation, p.since = time.Now().UnixNano(), time.Now()
 	p.client = &http.Client{Timeout: p.Timeout, Transport: &http.Transport{DisableKeepAlives: false, MaxIdleConnsPerHost: 2}}
 	ln, err := net.Listen("tcp", self.Membership)
 	if err != nil {
@@ -93,7 +111,13 @@ func (p *StaticProvider) StartMember(c *cluster.Cluster) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /_health", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(health{Cluster: p.Cluster.Name, Node: p.Node, ID: p.id(), Remote: self.Remote})
+		var ids []string
+		if set := c.MemberList.Members(); set != nil {
+			for _, m := range set.Members() {
+				ids = append(ids, m.Id)
+			}
+		}
+		_ = json.NewEncoder(w).Encode(health{Cluster: p.Cluster.Name, Node: p.Node, ID: p.id(), Remote: self.Remote, Members: ids})
 	})
 	p.srv = &http.Server{Handler: mux, ReadHeaderTimeout: time.Second}
 	go func() { _ = p.srv.Serve(ln) }()
@@ -129,13 +153,19 @@ func (p *StaticProvider) monitor() {
 	last := time.Now()
 	for {
 		if gap := time.Since(last); gap > p.StallAfter {
-			p.mu.Lock()
-			p.incarnation = time.Now().UnixNano()
-			p.mu.Unlock()
-			p.Log.Warn("this node was stalled: its peers have dropped it; rejoining as a new member", "stalled", gap.Round(time.Millisecond), "member", p.id())
+			p.rejoin("this node was stalled: its peers have dropped it", "stalled", gap.Round(time.Millisecond))
 		}
 		last = time.Now()
-		p.c.MemberList.UpdateClusterTopology(p.members())
+		ms := p.members()
+		// A peer that answers but has not listed this member for a while
+		// dropped it (and blocks its id): rejoin under a new one.
+		p.mu.Lock()
+		lost := p.unlisted >= 3 && time.Since(p.since) > p.DropAfter+2*p.Refresh
+		p.mu.Unlock()
+		if lost {
+			p.rejoin("a peer dropped this node")
+		}
+		p.c.MemberList.UpdateClusterTopology(ms)
 		select {
 		case <-p.stop:
 			return
@@ -144,9 +174,18 @@ func (p *StaticProvider) monitor() {
 	}
 }
 
-// members asks every peer for its health, in parallel.
+func (p *StaticProvider) rejoin(why string, args ...any) {
+	p.mu.Lock()
+	p.incarnation, p.since, p.unlisted = time.Now().UnixNano(), time.Now(), 0
+	p.mu.Unlock()
+	p.Log.Warn(why+"; rejoining as a new member", append(args, "member", p.id())...)
+}
+
+// members asks every peer for its health, in parallel; a peer stays a
+// member until it has failed its checks for DropAfter.
 func (p *StaticProvider) members() []*cluster.Member {
 	out := make([]*cluster.Member, len(p.Cluster.Nodes))
+	answers := make([]*health, len(p.Cluster.Nodes))
 	var wg sync.WaitGroup
 	for i := range p.Cluster.Nodes {
 		n := &p.Cluster.Nodes[i]
@@ -170,10 +209,38 @@ func (p *StaticProvider) members() []*cluster.Member {
 				h.Cluster != p.Cluster.Name || h.Node != n.Name || NodeOf(h.ID) != n.Name {
 				return
 			}
-			out[i] = member(h.ID, n.Remote)
+			answers[i] = &h
 		}()
 	}
 	wg.Wait()
+	now, me := time.Now(), p.id()
+	p.mu.Lock()
+	unlisted := false
+	for i := range p.Cluster.Nodes {
+		n := &p.Cluster.Nodes[i]
+		if n.Name == p.Node {
+			continue
+		}
+		if h := answers[i]; h != nil {
+			ours := false
+			for _, id := range h.Members {
+				ours = ours || id == me
+			}
+			if !ours {
+				unlisted = true
+			}
+			p.seen[n.Name] = seenPeer{id: h.ID, at: now, ours: ours}
+		}
+		if sp, ok := p.seen[n.Name]; ok && now.Sub(sp.at) <= p.DropAfter {
+			out[i] = member(sp.id, n.Remote)
+		}
+	}
+	if unlisted {
+		p.unlisted++
+	} else {
+		p.unlisted = 0
+	}
+	p.mu.Unlock()
 	ms := out[:0]
 	for _, m := range out {
 		if m != nil {

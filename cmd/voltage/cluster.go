@@ -200,7 +200,15 @@ func (n *nodeRun) startMember(system *actor.ActorSystem) (c *cluster.Cluster, er
 		}
 	}()
 	c.StartMember()
-	n.onStop("cluster member", func() { c.Shutdown(true) })
+	n.onStop("cluster member", func() {
+		// Leave the membership (deregister), then stop the actor system
+		// and remote. Not Shutdown(true): it waits 2 s for grain handover
+		// (no grains here).
+		if err := prov.Shutdown(true); err != nil {
+			n.log.Warn("leaving the cluster membership", "err", err)
+		}
+		c.Shutdown(false)
+	})
 	n.log.Info("cluster member", "remote", self.Remote, "membership", self.Membership)
 	return c, nil
 }

@@ -341,7 +341,9 @@ func (n *nodeRun) run(ctx context.Context) error {
 			if err := system.Root.PoisonFuture(rootPID).Wait(); err != nil {
 				log.Warn("actors did not stop in time", "err", err)
 			}
-			system.Shutdown()
+			if n.cluster == nil { // a cluster member shuts its system down when it leaves
+				system.Shutdown()
+			}
 			dispatcher.Stop()
 		})
 		return nil

@@ -326,6 +326,37 @@ alarms:
 	testenv.Eventually(t, 5*time.Second, func() bool {
 		return rdb.HGet(ctx, "alarm:hv", "state").Val() == "active-unacked"
 	}, "alarm hv raised by the alarms group on %s", final)
+
+	if static {
+		// A short stall of a node (0.7 s, less than a lease TTL) drops it
+		// from nobody's membership for good: every node is ready again.
+		if err := procs["n3"].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(700 * time.Millisecond) // the stall itself
+		if err := procs["n3"].cmd.Process.Signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range []string{"n2", "n3"} {
+			testenv.Eventually(t, 10*time.Second, func() bool {
+				code, _ := get(t, fmt.Sprintf("http://127.0.0.1:%d/ready", httpPorts[n]))
+				return code == 200
+			}, "%s ready after n3's short stall", n)
+		}
+	}
+
+	// The owner stops (SIGTERM): it leaves cleanly, releases its leases, and
+	// the other node runs the channel at once instead of after the TTL.
+	other := map[string]string{"n2": "n3", "n3": "n2"}[final]
+	stopped := time.Now()
+	if !procs[final].stop(10*time.Second) || procs[final].err != nil || strings.Contains(procs[final].Output(), "panic") {
+		t.Fatalf("%s on SIGTERM: %v\n%s", final, procs[final].err, procs[final].Output())
+	}
+	took = pollsFrom(other, stopped, 5*time.Second).Sub(stopped)
+	t.Logf("takeover after a clean stop: %v", took.Round(time.Millisecond))
+	if took > 2*time.Second {
+		t.Errorf("takeover after %s stopped cleanly took %v: its leases were not released", final, took)
+	}
 }
 
 // TestClusterRedisOutage: a cluster node without Redis holds no lease, so
