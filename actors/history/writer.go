@@ -32,8 +32,12 @@ type WriterOptions struct {
 	FlushInterval time.Duration     // flush at least this often; default 1 s
 	WriteTimeout  time.Duration     // of one store write; default 10 s
 	Retry         supervisor.Policy // backoff between replay attempts; default 100 ms doubling to 5 s
-	Log           *slog.Logger
-	Metrics       *Metrics
+	// MaxBuffer bounds the points waiting in memory while the store is
+	// slower than the updates come: beyond it they go to the spool (on
+	// disk, in order) and are replayed from there. Default 20 batches.
+	MaxBuffer int
+	Log       *slog.Logger
+	Metrics   *Metrics
 }
 
 // Writer batches every point update into the Store. While the store takes
@@ -54,6 +58,8 @@ type Writer struct {
 	buf  []messages.PointUpdate
 	kick chan struct{}
 
+	lastShed time.Time // of the last shed warning (loop goroutine)
+
 	startOnce, stopOnce sync.Once
 	cancel              context.CancelFunc
 	done                chan struct{}
@@ -68,6 +74,9 @@ func NewWriter(store Store, sp spool, opt WriterOptions) *Writer {
 	}
 	if opt.FlushInterval <= 0 {
 		opt.FlushInterval = time.Second
+	}
+	if opt.MaxBuffer <= 0 {
+		opt.MaxBuffer = 20 * opt.BatchSize
 	}
 	if opt.WriteTimeout <= 0 {
 		opt.WriteTimeout = 10 * time.Second
@@ -145,6 +154,44 @@ func (w *Writer) take() []messages.PointUpdate {
 	return b
 }
 
+// takeBatch takes at most one batch, the oldest points.
+func (w *Writer) takeBatch() []messages.PointUpdate {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.buf) <= w.opt.BatchSize {
+		b := w.buf
+		w.buf = make([]messages.PointUpdate, 0, min(cap(b), w.opt.BatchSize))
+		return b
+	}
+	b := append([]messages.PointUpdate(nil), w.buf[:w.opt.BatchSize]...)
+	w.buf = append(w.buf[:0], w.buf[w.opt.BatchSize:]...)
+	return b
+}
+
+// shed moves what is buffered beyond MaxBuffer to the spool: the store is
+// slower than the updates, and memory must not grow with the backlog.
+func (w *Writer) shed() {
+	w.mu.Lock()
+	if len(w.buf) <= w.opt.MaxBuffer {
+		w.mu.Unlock()
+		return
+	}
+	b := w.buf
+	w.buf = make([]messages.PointUpdate, 0, w.opt.BatchSize)
+	w.mu.Unlock()
+	for i := 0; i < len(b); i += w.opt.BatchSize {
+		chunk := b[i:min(i+w.opt.BatchSize, len(b))]
+		if err := w.sp.Append(chunk); err != nil {
+			w.opt.Metrics.Lost.Add(float64(len(chunk)))
+			w.opt.Log.Error("history: points lost: store behind and spool failed", "points", len(chunk), "err", err)
+		}
+	}
+	if now := time.Now(); now.Sub(w.lastShed) > time.Minute {
+		w.lastShed = now
+		w.opt.Log.Warn("history: the store is slower than the updates; the backlog goes to the spool", "points", len(b), "max_buffer", w.opt.MaxBuffer)
+	}
+}
+
 func (w *Writer) loop(ctx context.Context) {
 	defer close(w.done)
 	t := time.NewTicker(w.opt.FlushInterval)
@@ -166,12 +213,13 @@ func (w *Writer) loop(ctx context.Context) {
 		}
 		timer.Stop()
 		for {
-			batch := w.take()
+			batch := w.takeBatch()
 			if len(batch) == 0 {
 				break
 			}
 			w.deliver(ctx, batch)
-			if len(batch) < w.opt.BatchSize {
+			w.shed()
+			if len(batch) < w.opt.BatchSize || ctx.Err() != nil {
 				break
 			}
 		}

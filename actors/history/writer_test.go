@@ -1,10 +1,13 @@
 package history
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -53,4 +56,65 @@ func TestWriterSetsAsideRejectedBatch(t *testing.T) {
 	if st := sp.Stats(); st.Batches != 0 || st.Rejected != 1 {
 		t.Fatalf("spool %+v: the rejected batch must not be retried", st)
 	}
+}
+
+// TestWriterShedsBacklogToSpool: a burst far faster than the store takes
+// it does not pile up in memory: beyond MaxBuffer the backlog goes to the
+// spool (the warning says so) and every point reaches the store, in order.
+func TestWriterShedsBacklogToSpool(t *testing.T) {
+	var logs syncLog
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	dir := t.TempDir()
+	store, err := OpenEmbedded(filepath.Join(dir, "h.db"), 0, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := OpenSpool(filepath.Join(dir, "spool.db"), 256<<20, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := NewWriter(store, sp, WriterOptions{BatchSize: 500, MaxBuffer: 2000, FlushInterval: 20 * time.Millisecond, Log: log})
+	key := messages.PointKey{Channel: 9, Type: 'm', Point: 1}
+	const n = 100_000
+	t0 := time.Now().Add(-time.Hour).UnixMilli()
+	for i := 0; i < n; i++ { // before Start: the whole burst is waiting
+		w.Publish(&messages.PointUpdate{Key: key, Value: float64(i), Timestamp: t0 + int64(i)})
+	}
+	w.Start()
+	t.Cleanup(w.Stop)
+	q := Query{Points: []messages.PointKey{key}, Start: time.UnixMilli(t0), End: time.UnixMilli(t0 + n), Every: time.Millisecond, Fn: FnLast}
+	var got []Sample
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		ss, err := store.Query(context.Background(), q)
+		if err != nil || len(ss) != 1 {
+			return false
+		}
+		got = ss[0].Points
+		return len(got) == n && sp.Stats().Batches == 0
+	}, "all %d points in the store (have %d)", n, len(got))
+	for i, s := range got {
+		if s.Value != float64(i) {
+			t.Fatalf("point %d is %v: out of order or lost", i, s.Value)
+		}
+	}
+	if !strings.Contains(logs.String(), "the backlog goes to the spool") {
+		t.Fatalf("the backlog was not shed to the spool:\n%s", logs.String())
+	}
+}
+
+type syncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
