@@ -332,6 +332,155 @@ func (x *OwnershipReply) GetRedisDown() bool {
 	return false
 }
 
+// AlarmActionRequest carries an operator's action on an alarm to the node
+// running the alarm group: action is "ack", "shelve" or "unshelve".
+type AlarmActionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Action        string                 `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	User          string                 `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
+	Comment       string                 `protobuf:"bytes,4,opt,name=comment,proto3" json:"comment,omitempty"`           // ack
+	Reason        string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`             // shelve
+	ForMs         int64                  `protobuf:"varint,6,opt,name=for_ms,json=forMs,proto3" json:"for_ms,omitempty"` // shelve
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AlarmActionRequest) Reset() {
+	*x = AlarmActionRequest{}
+	mi := &file_messages_cluster_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AlarmActionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AlarmActionRequest) ProtoMessage() {}
+
+func (x *AlarmActionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_cluster_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AlarmActionRequest.ProtoReflect.Descriptor instead.
+func (*AlarmActionRequest) Descriptor() ([]byte, []int) {
+	return file_messages_cluster_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *AlarmActionRequest) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *AlarmActionRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AlarmActionRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *AlarmActionRequest) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+func (x *AlarmActionRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *AlarmActionRequest) GetForMs() int64 {
+	if x != nil {
+		return x.ForMs
+	}
+	return 0
+}
+
+// AlarmActionReply is the alarm's state after the action (JSON of the
+// alarm state), or an error with its kind: unknown, not_ready, not_active,
+// already_acked, not_shelved or failed.
+type AlarmActionReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	StateJson     []byte                 `protobuf:"bytes,1,opt,name=state_json,json=stateJson,proto3" json:"state_json,omitempty"`
+	ErrorKind     string                 `protobuf:"bytes,2,opt,name=error_kind,json=errorKind,proto3" json:"error_kind,omitempty"`
+	Error         string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AlarmActionReply) Reset() {
+	*x = AlarmActionReply{}
+	mi := &file_messages_cluster_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AlarmActionReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AlarmActionReply) ProtoMessage() {}
+
+func (x *AlarmActionReply) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_cluster_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AlarmActionReply.ProtoReflect.Descriptor instead.
+func (*AlarmActionReply) Descriptor() ([]byte, []int) {
+	return file_messages_cluster_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *AlarmActionReply) GetStateJson() []byte {
+	if x != nil {
+		return x.StateJson
+	}
+	return nil
+}
+
+func (x *AlarmActionReply) GetErrorKind() string {
+	if x != nil {
+		return x.ErrorKind
+	}
+	return ""
+}
+
+func (x *AlarmActionReply) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 var File_messages_cluster_proto protoreflect.FileDescriptor
 
 const file_messages_cluster_proto_rawDesc = "" +
@@ -367,7 +516,20 @@ const file_messages_cluster_proto_rawDesc = "" +
 	"\x05owned\x18\x02 \x03(\tR\x05owned\x12\x18\n" +
 	"\amissing\x18\x03 \x03(\tR\amissing\x12\x1d\n" +
 	"\n" +
-	"redis_down\x18\x04 \x01(\bR\tredisDownB)Z'github.com/voltage-ems/voltage/messagesb\x06proto3"
+	"redis_down\x18\x04 \x01(\bR\tredisDown\"\x99\x01\n" +
+	"\x12AlarmActionRequest\x12\x16\n" +
+	"\x06action\x18\x01 \x01(\tR\x06action\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\x12\x18\n" +
+	"\acomment\x18\x04 \x01(\tR\acomment\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x15\n" +
+	"\x06for_ms\x18\x06 \x01(\x03R\x05forMs\"f\n" +
+	"\x10AlarmActionReply\x12\x1d\n" +
+	"\n" +
+	"state_json\x18\x01 \x01(\fR\tstateJson\x12\x1d\n" +
+	"\n" +
+	"error_kind\x18\x02 \x01(\tR\terrorKind\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05errorB)Z'github.com/voltage-ems/voltage/messagesb\x06proto3"
 
 var (
 	file_messages_cluster_proto_rawDescOnce sync.Once
@@ -381,12 +543,14 @@ func file_messages_cluster_proto_rawDescGZIP() []byte {
 	return file_messages_cluster_proto_rawDescData
 }
 
-var file_messages_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_messages_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_messages_cluster_proto_goTypes = []any{
 	(*ChannelStatusRequest)(nil), // 0: voltage.messages.ChannelStatusRequest
 	(*ChannelStatusReply)(nil),   // 1: voltage.messages.ChannelStatusReply
 	(*OwnershipRequest)(nil),     // 2: voltage.messages.OwnershipRequest
 	(*OwnershipReply)(nil),       // 3: voltage.messages.OwnershipReply
+	(*AlarmActionRequest)(nil),   // 4: voltage.messages.AlarmActionRequest
+	(*AlarmActionReply)(nil),     // 5: voltage.messages.AlarmActionReply
 }
 var file_messages_cluster_proto_depIdxs = []int32{
 	0, // [0:0] is the sub-list for method output_type
@@ -407,7 +571,7 @@ func file_messages_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_messages_cluster_proto_rawDesc), len(file_messages_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

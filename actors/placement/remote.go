@@ -1,10 +1,14 @@
 package placement
 
 import (
+	"encoding/json"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 
+	"github.com/voltage-ems/voltage/actors/alarm"
 	"github.com/voltage-ems/voltage/messages"
 )
 
@@ -18,13 +22,14 @@ const RemoteName = "remote"
 type RemoteActor struct {
 	Node     string
 	Channels *actor.PID
+	Alarms   *actor.PID    // the local alarms actor (runs here when this node holds the alarm group)
 	Status   func() Status // nil: a node without placement
 }
 
 // NewRemoteProps returns the props of the remote actor.
-func NewRemoteProps(node string, channels *actor.PID, status func() Status) *actor.Props {
+func NewRemoteProps(node string, channels, alarms *actor.PID, status func() Status) *actor.Props {
 	return actor.PropsFromProducer(func() actor.Actor {
-		return &RemoteActor{Node: node, Channels: channels, Status: status}
+		return &RemoteActor{Node: node, Channels: channels, Alarms: alarms, Status: status}
 	})
 }
 
@@ -46,6 +51,8 @@ func (a *RemoteActor) Receive(ctx actor.Context) {
 			}
 			ctx.Send(sender, reply)
 		})
+	case *messages.AlarmActionRequest:
+		a.alarmAction(ctx, m)
 	case *messages.OwnershipRequest:
 		reply := &messages.OwnershipReply{Node: a.Node}
 		if a.Status != nil {
@@ -78,4 +85,77 @@ func StatusOf(r *messages.ChannelStatusReply) *messages.ChannelStatus {
 		st.LastPoll = time.UnixMilli(r.LastPollUnixMs)
 	}
 	return st
+}
+
+// alarmErrKinds maps the alarm actors' errors to the wire and back.
+var alarmErrKinds = []struct {
+	kind string
+	err  error
+}{
+	{"unknown", alarm.ErrUnknown}, {"not_ready", alarm.ErrNotReady}, {"not_active", alarm.ErrNotActive},
+	{"already_acked", alarm.ErrAlreadyAcked}, {"not_shelved", alarm.ErrNotShelved},
+}
+
+// AlarmReply converts an alarm action's outcome for the wire.
+func AlarmReply(st alarm.State, err error) *messages.AlarmActionReply {
+	if err != nil {
+		r := &messages.AlarmActionReply{ErrorKind: "failed", Error: err.Error()}
+		for _, k := range alarmErrKinds {
+			if errors.Is(err, k.err) {
+				r.ErrorKind = k.kind
+			}
+		}
+		return r
+	}
+	b, _ := json.Marshal(st)
+	return &messages.AlarmActionReply{StateJson: b}
+}
+
+// AlarmOutcome converts a reply from the wire.
+func AlarmOutcome(r *messages.AlarmActionReply) (alarm.State, error) {
+	if r.ErrorKind != "" {
+		for _, k := range alarmErrKinds {
+			if k.kind == r.ErrorKind {
+				return alarm.State{}, k.err
+			}
+		}
+		return alarm.State{}, errors.New(r.Error)
+	}
+	var st alarm.State
+	err := json.Unmarshal(r.StateJson, &st)
+	return st, err
+}
+
+func (a *RemoteActor) alarmAction(ctx actor.Context, m *messages.AlarmActionRequest) {
+	sender := ctx.Sender()
+	if sender == nil {
+		return
+	}
+	if a.Alarms == nil {
+		ctx.Send(sender, AlarmReply(alarm.State{}, alarm.ErrNotReady))
+		return
+	}
+	var msg any
+	switch m.Action {
+	case "ack":
+		msg = &alarm.Ack{ID: m.Id, User: m.User, Comment: m.Comment}
+	case "shelve":
+		msg = &alarm.Shelve{ID: m.Id, User: m.User, Reason: m.Reason, For: time.Duration(m.ForMs) * time.Millisecond}
+	case "unshelve":
+		msg = &alarm.Unshelve{ID: m.Id, User: m.User}
+	default:
+		ctx.Send(sender, AlarmReply(alarm.State{}, errors.New("unknown alarm action "+m.Action)))
+		return
+	}
+	f := ctx.RequestFuture(a.Alarms, msg, 5*time.Second)
+	ctx.ReenterAfter(f, func(res any, err error) {
+		if rep, ok := res.(*alarm.Reply); ok && err == nil {
+			ctx.Send(sender, AlarmReply(rep.State, rep.Err))
+			return
+		}
+		if err == nil {
+			err = errors.New("unexpected reply")
+		}
+		ctx.Send(sender, AlarmReply(alarm.State{}, fmt.Errorf("alarms on %s: %w", a.Node, err)))
+	})
 }

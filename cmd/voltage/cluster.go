@@ -274,3 +274,53 @@ func (n *nodeRun) forwardAlarmEvents(ctx context.Context, c *redis.Client, send 
 		}
 	}()
 }
+
+// clusterAlarms carries an operator's action to the node that runs the
+// alarm group (the holder of lease:alarms:group): here directly, elsewhere
+// over protoactor remote.
+type clusterAlarms struct {
+	n      *nodeRun
+	system *actor.ActorSystem
+	redis  *redis.Client
+	local  alarm.Requests
+}
+
+func (a *clusterAlarms) do(ctx context.Context, req *messages.AlarmActionRequest, local func() (alarm.State, error)) (alarm.State, error) {
+	v, err := a.redis.Get(ctx, placement.LeaseKey(placement.KindAlarms, "group")).Result()
+	if err != nil {
+		return alarm.State{}, fmt.Errorf("%w (no node runs the alarm group now)", alarm.ErrNotReady)
+	}
+	owner, _ := placement.Owner(v)
+	if owner == a.n.cfg.Node.Name {
+		return local()
+	}
+	peer := a.n.cluster.Node(owner)
+	if peer == nil {
+		return alarm.State{}, fmt.Errorf("the alarm group runs on %q, which is not in the cluster file", owner)
+	}
+	pid := actor.NewPID(peer.Remote, "voltage/"+placement.RemoteName)
+	res, err := a.system.Root.RequestFuture(pid, req, 5*time.Second).Result()
+	if err != nil {
+		return alarm.State{}, fmt.Errorf("alarm group on %s: %w", owner, err)
+	}
+	reply, ok := res.(*messages.AlarmActionReply)
+	if !ok {
+		return alarm.State{}, fmt.Errorf("alarm group on %s: unexpected reply", owner)
+	}
+	return placement.AlarmOutcome(reply)
+}
+
+func (a *clusterAlarms) Ack(ctx context.Context, id, user, comment string) (alarm.State, error) {
+	return a.do(ctx, &messages.AlarmActionRequest{Action: "ack", Id: id, User: user, Comment: comment},
+		func() (alarm.State, error) { return a.local.Ack(ctx, id, user, comment) })
+}
+
+func (a *clusterAlarms) Shelve(ctx context.Context, id, user, reason string, d time.Duration) (alarm.State, error) {
+	return a.do(ctx, &messages.AlarmActionRequest{Action: "shelve", Id: id, User: user, Reason: reason, ForMs: d.Milliseconds()},
+		func() (alarm.State, error) { return a.local.Shelve(ctx, id, user, reason, d) })
+}
+
+func (a *clusterAlarms) Unshelve(ctx context.Context, id, user string) (alarm.State, error) {
+	return a.do(ctx, &messages.AlarmActionRequest{Action: "unshelve", Id: id, User: user},
+		func() (alarm.State, error) { return a.local.Unshelve(ctx, id, user) })
+}

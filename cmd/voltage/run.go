@@ -296,7 +296,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 				},
 				Log: log.With("component", "alarms"), Supervisor: strategy("alarm"), Dispatcher: dispatcher})},
 			{Name: "channels", Props: channelsProps(n.cluster != nil, chans, strategy("channel"))},
-			{Name: placement.RemoteName, Props: placement.NewRemoteProps(cfg.Node.Name, system.NewLocalPID("voltage/channels"),
+			{Name: placement.RemoteName, Props: placement.NewRemoteProps(cfg.Node.Name, system.NewLocalPID("voltage/channels"), alarmsPID,
 				func() placement.Status {
 					if placer == nil {
 						return placement.Status{}
@@ -329,6 +329,9 @@ func (n *nodeRun) run(ctx context.Context) error {
 			})
 		}
 		alarmActions = alarm.Requests{Root: system.Root, PID: alarmsPID}
+		if n.cluster != nil { // the alarm group may run on another node
+			alarmActions = &clusterAlarms{n: n, system: system, redis: api, local: alarm.Requests{Root: system.Root, PID: alarmsPID}}
+		}
 		computations = func(ctx context.Context) (any, error) {
 			res, err := system.Root.RequestFuture(dagPID, &dag.GetComputations{}, time.Second).Result()
 			if err != nil {

@@ -327,6 +327,16 @@ alarms:
 		return rdb.HGet(ctx, "alarm:hv", "state").Val() == "active-unacked"
 	}, "alarm hv raised by the alarms group on %s", final)
 
+	// An operator acknowledges it through the node that does not run the
+	// alarms: the action reaches the alarm group's node over remote.
+	ackURL := fmt.Sprintf("http://127.0.0.1:%d/api/alarms/hv/ack", httpPorts[asker])
+	if code, body := post(t, ackURL, opToken, ""); code != 200 || !strings.Contains(body, `"state":"active-acked"`) || !strings.Contains(body, `"acked_by":"op1"`) {
+		t.Fatalf("ack through %s: %d %s", asker, code, body)
+	}
+	if code, body := post(t, ackURL, opToken, ""); code != 409 || !strings.Contains(body, "already acknowledged") {
+		t.Fatalf("second ack through %s: %d %s", asker, code, body)
+	}
+
 	if static {
 		// A short stall of a node (0.7 s, less than a lease TTL) drops it
 		// from nobody's membership for good: every node is ready again.
