@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -62,7 +61,7 @@ func TestWriterSetsAsideRejectedBatch(t *testing.T) {
 // it does not pile up in memory: beyond MaxBuffer the backlog goes to the
 // spool (the warning says so) and every point reaches the store, in order.
 func TestWriterShedsBacklogToSpool(t *testing.T) {
-	var logs syncLog
+	var logs syncBuffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	dir := t.TempDir()
 	store, err := OpenEmbedded(filepath.Join(dir, "h.db"), 0, log)
@@ -100,21 +99,4 @@ func TestWriterShedsBacklogToSpool(t *testing.T) {
 	if !strings.Contains(logs.String(), "the backlog goes to the spool") {
 		t.Fatalf("the backlog was not shed to the spool:\n%s", logs.String())
 	}
-}
-
-type syncLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
