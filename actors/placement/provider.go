@@ -258,7 +258,8 @@ func member(id, remote string) *cluster.Member {
 
 // Alive returns the node names protoactor's member list holds (nil before
 // the first topology), found by their remote address in the cluster file
-// (the etcd provider's member ids are actor system ids).
+// (a node may briefly have two member ids there: its old incarnation's
+// and its new one's).
 func Alive(c *cluster.Cluster, cl *config.Cluster) map[string]bool {
 	set := c.MemberList.Members()
 	if set == nil || set.Len() == 0 {

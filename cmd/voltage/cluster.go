@@ -14,11 +14,9 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/asynkron/protoactor-go/cluster"
-	"github.com/asynkron/protoactor-go/cluster/clusterproviders/etcd"
 	"github.com/asynkron/protoactor-go/cluster/identitylookup/disthash"
 	"github.com/asynkron/protoactor-go/remote"
 	"github.com/redis/go-redis/v9"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/voltage-ems/voltage/actors/acquisition"
 	"github.com/voltage-ems/voltage/actors/alarm"
@@ -185,11 +183,7 @@ func (n *nodeRun) startMember(system *actor.ActorSystem) (c *cluster.Cluster, er
 	var prov cluster.ClusterProvider
 	switch cl.Provider.Kind {
 	case config.ProviderEtcd:
-		p, err := etcd.NewWithConfig("/voltage/"+cl.Name, clientv3.Config{Endpoints: cl.Provider.Endpoints, DialTimeout: 5 * time.Second})
-		if err != nil {
-			return nil, fmt.Errorf("etcd provider %v: %w", cl.Provider.Endpoints, err)
-		}
-		prov = p
+		prov = &placement.EtcdProvider{Cluster: cl, Node: self.Name, Endpoints: cl.Provider.Endpoints, Log: n.log.With("component", "membership")}
 	default:
 		prov = &placement.StaticProvider{Cluster: cl, Node: self.Name, Log: n.log.With("component", "membership")}
 	}

@@ -13,6 +13,8 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/redis/go-redis/v9"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/voltage-ems/voltage/config"
 	"github.com/voltage-ems/voltage/drivers/modbus/simulator"
@@ -56,17 +58,14 @@ func TestClusterFailover(t *testing.T) {
 }
 
 // TestClusterFailoverEtcd is the same with membership from a real etcd
-// (Debian etcd-server). A member its peers dropped during the stall is
-// blocked by id there (etcd member ids are actor system ids), so the
-// frozen node does not get the channel back: it must poll nothing and
-// leave the unit to the node that took it over.
+// (Debian etcd-server): the frozen node's member lease expires during the
+// stall, so it rejoins there under a new member id as well.
 func TestClusterFailoverEtcd(t *testing.T) {
 	e := testenv.StartEtcd(t)
 	clusterFailover(t, fmt.Sprintf("{kind: etcd, endpoints: [%q]}", e.Endpoint()))
 }
 
 func clusterFailover(t *testing.T, provider string) {
-	static := strings.Contains(provider, "automanaged")
 	r := testenv.StartRedis(t)
 	rdb := redis.NewClient(&redis.Options{Addr: r.Addr()})
 	t.Cleanup(func() { rdb.Close() })
@@ -170,31 +169,16 @@ alarms:
 	if err := procs["n2"].cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
-	final := "n3"
-	back := time.Now().Add(time.Hour)
-	if static {
-		// n2 noticed its stall (its peers dropped it), rejoined the
-		// membership as a new member and, first in order again (n1 is
-		// dead), gets the channel back once n3 has stopped and released it.
-		final = "n2"
-		testenv.Eventually(t, 10*time.Second, func() bool { return owner() == "n2" }, "channel handed back to n2")
-		back = pollsFrom("n2", resumed, 10*time.Second)
-		testenv.Eventually(t, 5*time.Second, func() bool {
-			return strings.Contains(procs["n2"].Output(), "rejoining as a new member")
-		}, "n2 rejoining with a fresh member identity")
-		t.Logf("n2 polls again %v after SIGCONT", back.Sub(resumed).Round(time.Millisecond))
-	} else {
-		// The lease stays with n3; n2 polls nothing (checked below, once a
-		// few of its placement cycles have run).
-		testenv.Eventually(t, 10*time.Second, func() bool {
-			return strings.Contains(procs["n2"].Output(), "its lease may have expired") ||
-				strings.Contains(procs["n2"].Output(), "lease taken by another node")
-		}, "n2 stopping the channel after SIGCONT")
-		pollsFrom("n3", time.Now(), 5*time.Second)
-		if o := owner(); o != "n3" {
-			t.Fatalf("owner after the stall: %s, want n3", o)
-		}
-	}
+	// n2 noticed its stall (its peers dropped it), rejoined the membership
+	// as a new member and, first in order again (n1 is dead), gets the
+	// channel back once n3 has stopped and released it.
+	testenv.Eventually(t, 10*time.Second, func() bool { return owner() == "n2" }, "channel handed back to n2")
+	back := pollsFrom("n2", resumed, 10*time.Second)
+	const final = "n2"
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		return strings.Contains(procs["n2"].Output(), "rejoining as a new member")
+	}, "n2 rejoining with a fresh member identity")
+	t.Logf("n2 polls again %v after SIGCONT", back.Sub(resumed).Round(time.Millisecond))
 
 	// The request log: never two nodes polling at once. Concurrent
 	// pollers would alternate; a clean change of owner leaves a gap of at
@@ -266,9 +250,6 @@ alarms:
 		return alive == "false true true" && owners["channel:1001"] == final && owners["alarms:group"] == final
 	}, "GET /api/cluster on n3: n1 dead, %s owning the channel and the alarms", final)
 	for _, n := range []string{"n2", "n3"} {
-		if !static && n == "n2" {
-			continue // dropped for good by its peers: it should run the channel (first alive in its own view) and cannot
-		}
 		testenv.Eventually(t, 5*time.Second, func() bool {
 			code, _ := get(t, fmt.Sprintf("http://127.0.0.1:%d/ready", httpPorts[n]))
 			return code == 200
@@ -276,10 +257,7 @@ alarms:
 	}
 	// GET /api/channels on a node that does not run the channel answers
 	// for it: it asks the owner over protoactor remote.
-	asker := "n3"
-	if final == "n3" {
-		asker = "n2"
-	}
+	const asker = "n3"
 	testenv.Eventually(t, 5*time.Second, func() bool {
 		code, body := getAuth(t, fmt.Sprintf("http://127.0.0.1:%d/api/channels/1001", httpPorts[asker]), opToken)
 		var ch struct {
@@ -337,22 +315,20 @@ alarms:
 		t.Fatalf("second ack through %s: %d %s", asker, code, body)
 	}
 
-	if static {
-		// A short stall of a node (0.7 s, less than a lease TTL) drops it
-		// from nobody's membership for good: every node is ready again.
-		if err := procs["n3"].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(700 * time.Millisecond) // the stall itself
-		if err := procs["n3"].cmd.Process.Signal(syscall.SIGCONT); err != nil {
-			t.Fatal(err)
-		}
-		for _, n := range []string{"n2", "n3"} {
-			testenv.Eventually(t, 10*time.Second, func() bool {
-				code, _ := get(t, fmt.Sprintf("http://127.0.0.1:%d/ready", httpPorts[n]))
-				return code == 200
-			}, "%s ready after n3's short stall", n)
-		}
+	// A short stall of a node (0.7 s, less than a lease TTL) drops it
+	// from nobody's membership for good: every node is ready again.
+	if err := procs["n3"].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond) // the stall itself
+	if err := procs["n3"].cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"n2", "n3"} {
+		testenv.Eventually(t, 10*time.Second, func() bool {
+			code, _ := get(t, fmt.Sprintf("http://127.0.0.1:%d/ready", httpPorts[n]))
+			return code == 200
+		}, "%s ready after n3's short stall", n)
 	}
 
 	// The owner stops (SIGTERM): it leaves cleanly, releases its leases, and
@@ -420,4 +396,113 @@ channels:
 	r.Restart()
 	back := time.Now()
 	testenv.Eventually(t, 15*time.Second, func() bool { return polling(back) }, "n1 polling again once redis is back")
+}
+
+// TestClusterEtcdOutage: etcd is gone for longer than a member lease.
+// Membership is only a preference (the Redis leases decide who runs a
+// unit), so the owner keeps polling and the standby polls nothing; once
+// etcd is back both nodes register again under new member ids and see
+// each other.
+func TestClusterEtcdOutage(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	r := testenv.StartRedis(t)
+	names := []string{"n1", "n2"}
+	mbPorts, httpPorts := map[string]int{}, map[string]int{}
+	files := map[string]string{"p.csv": clusterPoints}
+	var nodesYAML strings.Builder
+	for _, n := range names {
+		mbPorts[n], httpPorts[n] = testenv.FreePort(t), testenv.FreePort(t)
+		fmt.Fprintf(&nodesYAML, "  - {name: %s, substation: A, remote: 127.0.0.1:%d, membership: 127.0.0.1:%d, http: 127.0.0.1:%d}\n",
+			n, testenv.FreePort(t), testenv.FreePort(t), httpPorts[n])
+		files[n+".yaml"] = fmt.Sprintf(`node: {name: %s}
+redis: {url: %q}
+auth:
+  tokens:
+    - {name: op1, token: %s, role: operator}
+channels:
+  - {id: 1001, name: PCS-1, protocol: modbus_tcp, poll_interval: 100ms, points: p.csv,
+     parameters: {host: 127.0.0.1, port: %d, timeout: 300ms}}
+`, n, r.URL(), opToken, mbPorts[n])
+	}
+	files["cluster.yaml"] = fmt.Sprintf("name: e2e\nprovider: {kind: etcd, endpoints: [%q]}\nnodes:\n%schannels:\n  1001: {substation: A}\n",
+		e.Endpoint(), nodesYAML.String())
+	dir := writeFiles(t, files)
+	sim := startSim(t, filepath.Join(dir, "n1.yaml"), mbPorts["n1"], mbPorts["n2"])
+	procs := map[string]*proc{}
+	for _, n := range names {
+		procs[n] = start(t, nil, "run", "-c", filepath.Join(dir, n+".yaml"), "--cluster", filepath.Join(dir, "cluster.yaml"), "--node", n)
+	}
+	// bothAlive: GET /api/cluster on n2 lists both nodes alive, n1 owning
+	// the channel, and both are ready.
+	bothAlive := func() bool {
+		var view struct {
+			Members []struct {
+				Name  string `json:"name"`
+				Alive bool   `json:"alive"`
+			} `json:"members"`
+			Units []struct{ Kind, ID, Owner string } `json:"units"`
+		}
+		code, body := getAuth(t, fmt.Sprintf("http://127.0.0.1:%d/api/cluster", httpPorts["n2"]), opToken)
+		if code != 200 || json.Unmarshal([]byte(body), &view) != nil || len(view.Members) != 2 || !view.Members[0].Alive || !view.Members[1].Alive {
+			return false
+		}
+		for _, u := range view.Units {
+			if u.Kind == "channel" && u.ID == "1001" && u.Owner != "n1" {
+				return false
+			}
+		}
+		for _, n := range names {
+			if code, _ := get(t, fmt.Sprintf("http://127.0.0.1:%d/ready", httpPorts[n])); code != 200 {
+				return false
+			}
+		}
+		return true
+	}
+	testenv.Eventually(t, 20*time.Second, bothAlive, "both nodes alive, n1 owning channel 1001")
+
+	e.Stop()
+	down := time.Now()
+	// The outage itself: twice a member lease (3 s), so that both member
+	// keys would have expired.
+	time.Sleep(2 * config.DefaultLeaseTTL)
+	e.Restart()
+	back := time.Now()
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		return strings.Contains(procs["n1"].Output(), "registered in etcd again") &&
+			strings.Contains(procs["n2"].Output(), "registered in etcd again")
+	}, "both nodes registered again under new member ids")
+	t.Logf("both registered again within %v of etcd's return", time.Since(back).Round(time.Millisecond))
+	// Their old member keys expire a lease TTL after etcd's return; the
+	// new ones keep both nodes in each other's topology.
+	ec, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Endpoint()}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ec.Close()
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		resp, err := ec.Get(ctx, "/voltage/e2e/members/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		return err == nil && len(resp.Kvs) == 2
+	}, "the old member keys expired in etcd, the two new ones left")
+	testenv.Eventually(t, 10*time.Second, bothAlive, "both nodes alive again after etcd's return")
+
+	// n1 polled all along (no gap of a lease TTL); n2 never.
+	var last time.Time
+	for _, q := range sim.RequestLog() {
+		if q.At.Before(down) {
+			continue
+		}
+		if q.Port == mbPorts["n2"] {
+			t.Errorf("n2 polled at %v, while n1 held the lease", q.At.Format("15:04:05.000"))
+			continue
+		}
+		if !last.IsZero() && q.At.Sub(last) > time.Second {
+			t.Errorf("n1 stopped polling from %v to %v during the etcd outage", last.Format("15:04:05.000"), q.At.Format("15:04:05.000"))
+		}
+		last = q.At
+	}
+	if time.Since(last) > time.Second {
+		t.Errorf("n1 last polled at %v", last.Format("15:04:05.000"))
+	}
 }

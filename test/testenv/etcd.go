@@ -18,7 +18,7 @@ const etcdSkip = "etcd not on PATH (Debian package etcd-server; .ci/run installs
 type Etcd struct {
 	process
 	ClientPort, PeerPort int
-	dir                  string
+	dir, path            string
 }
 
 // Endpoint is host:port of the client API.
@@ -32,7 +32,7 @@ func StartEtcd(t testing.TB) *Etcd {
 	if err != nil {
 		t.Skip(etcdSkip)
 	}
-	e := &Etcd{dir: t.TempDir()}
+	e := &Etcd{dir: t.TempDir(), path: path}
 	e.t = t
 	for attempt := 0; attempt < 5; attempt++ {
 		e.ClientPort, e.PeerPort = FreePort(t), FreePort(t)
@@ -48,13 +48,18 @@ func StartEtcd(t testing.TB) *Etcd {
 	return nil
 }
 
+// Restart kills etcd and starts it again on the same ports and data (its
+// keys and leases survive, as after a crash of a real etcd member).
+func (e *Etcd) Restart() { e.restart(func() error { return e.start(e.path) }, "etcd on "+e.Endpoint()) }
+
 func (e *Etcd) start(path string) error {
 	client := "http://" + e.Endpoint()
 	peer := "http://127.0.0.1:" + strconv.Itoa(e.PeerPort)
-	log, err := os.Create(filepath.Join(e.dir, "etcd.log"))
+	log, err := os.OpenFile(filepath.Join(e.dir, "etcd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
+	defer log.Close() // the child has its own descriptor
 	e.cmd = exec.Command(path, "--name", "test", "--data-dir", filepath.Join(e.dir, "data"),
 		"--listen-client-urls", client, "--advertise-client-urls", client,
 		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
