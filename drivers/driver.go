@@ -26,6 +26,34 @@ var (
 	ErrNotWritable = errors.New("point not writable")
 )
 
+// ErrNotOwner is what Proceed returns, and a driver then returns, when the
+// channel's guard says the channel is no longer this node's (a cluster
+// node whose lease may have expired, for example after a stall): the
+// request was not sent.
+var ErrNotOwner = errors.New("not sent: this node no longer holds the channel")
+
+type guardKey struct{}
+
+// WithGuard returns ctx carrying guard, which Proceed asks right before
+// each request a driver sends to the device. The channel of a cluster node
+// passes its lease check, so a node that stalled between two requests of
+// one poll sends nothing after its lease may have expired.
+func WithGuard(ctx context.Context, guard func() bool) context.Context {
+	return context.WithValue(ctx, guardKey{}, guard)
+}
+
+// Proceed returns ctx.Err(), or ErrNotOwner when ctx's guard (WithGuard)
+// says no. Drivers call it right before each request to the device.
+func Proceed(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if g, ok := ctx.Value(guardKey{}).(func() bool); ok && !g() {
+		return ErrNotOwner
+	}
+	return nil
+}
+
 // Sample is one decoded reading of one point.
 type Sample struct {
 	Index   int              // position of the point in config.Channel.Points

@@ -2,6 +2,7 @@ package acquisition
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -53,9 +54,11 @@ type Options struct {
 	// default 64, more are rejected.
 	MaxQueuedCommands int
 
-	// Guard, when set, is asked before every poll: false (this node's
-	// lease on the channel may have expired, e.g. after a stall) skips
-	// the poll. In a cluster it is the channel's lease.
+	// Guard, when set, is asked before every poll and, through the I/O
+	// context (drivers.WithGuard), before every request a driver sends:
+	// false (this node's lease on the channel may have expired, e.g.
+	// after a stall) skips the poll or the rest of it. In a cluster it is
+	// the channel's lease.
 	Guard func() bool
 }
 
@@ -255,6 +258,9 @@ func (c *channelActor) start(ctx actor.Context) {
 	c.pid = self.Id
 	c.sendTo = func(msg any) { root.Send(self, msg) }
 	c.ctxIO, c.cancel = context.WithCancel(context.Background())
+	if g := c.spec.opt.Guard; g != nil {
+		c.ctxIO = drivers.WithGuard(c.ctxIO, g)
+	}
 	c.status = messages.ChannelStatus{ID: ch.ID, Name: ch.Name, Protocol: ch.Protocol, Points: len(ch.Points)}
 	c.lastRefresh = make([]int64, len(ch.Points))
 	c.stale = make([]bool, len(ch.Points))
@@ -453,6 +459,14 @@ func (c *channelActor) pollDone(ctx actor.Context, m *pollDone) {
 	c.status.LastLatency = m.took
 	c.m.polls.Inc()
 	c.m.pollTime.Observe(m.took.Seconds())
+	if errors.Is(m.err, drivers.ErrNotOwner) {
+		// The lease lapsed during the poll (a stall): the rest of it was
+		// not sent, and nothing of it is published. The connection is
+		// fine; the guard in poll decides about the next one.
+		c.log.Warn("poll cut short: the channel's lease may have expired", "err", m.err)
+		c.after(timerPoll, c.spec.ch.PollInterval, &pollTick{epoch: c.epoch})
+		return
+	}
 	if m.err != nil {
 		c.failed(ctx, m.err)
 		c.pump() // waiting commands fail at once: not connected

@@ -12,6 +12,7 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 
+	"github.com/voltage-ems/voltage/actors/acquisition"
 	"github.com/voltage-ems/voltage/config"
 	"github.com/voltage-ems/voltage/drivers/modbus/simulator"
 	"github.com/voltage-ems/voltage/messages"
@@ -257,4 +258,48 @@ func (h *harness) matches(sim *simulator.Simulator, keys []messages.PointKey) bo
 		}
 	}
 	return true
+}
+
+// TestGuardCutsPollShort: a channel's guard (in a cluster, its lease)
+// turning false between two requests of a poll stops the rest of that poll
+// and every later one before it reaches the device; the connection is not
+// treated as lost (no comm_lost, no reconnect).
+func TestGuardCutsPollShort(t *testing.T) {
+	r := testenv.StartRedis(t)
+	port := testenv.FreePort(t)
+	cfg := loadConfig(t, fmt.Sprintf(`
+channels:
+  - {id: 10, name: pcs, protocol: modbus_tcp, poll_interval: 20ms, points: m.csv,
+     parameters: {host: 127.0.0.1, port: %d, timeout: 200ms}}
+`, port), map[string]string{"m.csv": modbusTable})
+	sim, err := simulator.New(cfg.Channels[0].Points, simulator.WithRequestLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sim.Serve(net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	// The table needs 3 requests per poll; the guard is asked once before
+	// each poll and once before each request: 4 times per poll. It allows
+	// 3 whole polls, then the 4th poll and its first request only.
+	const perPoll, requests = 4, 3
+	var asked atomic.Int64
+	guard := func() bool { return asked.Add(1) <= 3*perPoll+2 }
+	h := startNodeWith(t, cfg, r.URL(), func(o *acquisition.Options) { o.Guard = guard })
+	testenv.Eventually(t, 5*time.Second, func() bool { return asked.Load() > 3*perPoll+2 }, "the guard turning false")
+	// Several poll intervals more: later polls are skipped before any
+	// request (the guard keeps being asked).
+	n := asked.Load()
+	testenv.Eventually(t, 5*time.Second, func() bool { return asked.Load() >= n+5 }, "later polls asking the guard")
+	if got, want := len(sim.RequestLog()), 3*requests+1; got != want {
+		t.Fatalf("the device got %d requests, want %d (3 polls and the first request of the 4th)", got, want)
+	}
+	st := h.status(t, 10)
+	if !st.Connected || st.Reconnects != 0 || st.Errors != 0 {
+		t.Fatalf("channel status after the guard turned false: %+v (want connected, no errors, no reconnects)", st)
+	}
+	if q := h.hget(pk(10, 'm', 1), ":q"); q == "comm_lost" {
+		t.Fatal("points marked comm_lost: a lapsed lease is not a lost connection")
+	}
 }

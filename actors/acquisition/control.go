@@ -84,6 +84,8 @@ func executeCommand(ctx context.Context, p pendingCommand, w drivers.Writer, see
 		switch {
 		case errors.Is(err, drivers.ErrOutOfRange), errors.Is(err, drivers.ErrNotWritable):
 			return done(messages.StatusRejected, "%v", err)
+		case errors.Is(err, drivers.ErrNotOwner):
+			return done(messages.StatusFailed, "not written: this node's lease on channel %d lapsed before the write (%v)", cmd.ChannelID, err)
 		case errors.Is(err, context.DeadlineExceeded) || wctx.Err() != nil:
 			return done(messages.StatusTimeout, "no answer from the device within the command timeout %v: %v", cmd.Timeout(), err)
 		}

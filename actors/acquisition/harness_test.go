@@ -56,6 +56,12 @@ type harness struct {
 // root) against the Redis at url.
 func startNode(t *testing.T, cfg *config.Config, url string, mw ...actor.ReceiverMiddleware) *harness {
 	t.Helper()
+	return startNodeWith(t, cfg, url, nil, mw...)
+}
+
+// startNodeWith is startNode with each channel's options changed by opt.
+func startNodeWith(t *testing.T, cfg *config.Config, url string, opt func(*acquisition.Options), mw ...actor.ReceiverMiddleware) *harness {
+	t.Helper()
 	ro, err := redis.ParseURL(url)
 	if err != nil {
 		t.Fatal(err)
@@ -72,6 +78,9 @@ func startNode(t *testing.T, cfg *config.Config, url string, mw ...actor.Receive
 			Supervisor: strategy, PointMiddleware: mw, Restarts: h.stats.Under,
 			ReconnectDelay: func(int) time.Duration { return 50 * time.Millisecond },
 			CommandSource:  h.sys.NewLocalPID("voltage/redis-subscriber"), Seen: seen, Commands: h.writer})
+		if opt != nil {
+			opt(&chans[len(chans)-1])
+		}
 	}
 	subProps := actor.PropsFromProducer(redisbus.NewSubscriberActor(func(deliver func([]messages.PointUpdate)) *redisbus.Subscriber {
 		return redisbus.NewSubscriber(ro, "test", deliver, nil, nil)

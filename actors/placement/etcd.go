@@ -109,6 +109,9 @@ func (p *EtcdProvider) StartMember(c *cluster.Cluster) error {
 	p.incarnation = time.Now().UnixNano()
 	if err := p.register(); err != nil {
 		client.Close()
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("no answer within %v (is etcd running there?): %w", p.Timeout, err)
+		}
 		return fmt.Errorf("etcd %v: registering %s: %w", p.Endpoints, p.id(), err)
 	}
 	p.stop, p.done = make(chan struct{}), make(chan struct{})

@@ -327,7 +327,7 @@ func (d *Driver) Read(ctx context.Context, buf []drivers.Sample) ([]drivers.Samp
 		if st.failed {
 			continue
 		}
-		if err := ctx.Err(); err != nil {
+		if err := drivers.Proceed(ctx); err != nil {
 			return buf[:base], err
 		}
 		data, err := d.readRequest(r)

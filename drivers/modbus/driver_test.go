@@ -489,3 +489,39 @@ func TestClassify(t *testing.T) {
 	f(errors.New("modbus: response transaction id '3' does not match request '4'"), "garbled")
 	f(&os.PathError{Op: "open", Path: "/dev/ttyUSB0", Err: syscall.ENOENT}, "connection")
 }
+
+// TestGuardStopsRequests: a guard that turns false in the middle of a poll
+// (a cluster node whose lease lapsed between two requests) stops the rest
+// of the poll and any write before it reaches the device.
+func TestGuardStopsRequests(t *testing.T) {
+	points := []config.Point{
+		point(1, messages.Measurement, 1, 3, 0, config.Uint16),
+		point(2, messages.Measurement, 1, 4, 0, config.Uint16), // a second request (other function)
+		point(3, messages.Measurement, 2, 3, 0, config.Uint16), // a third (other slave)
+		point(4, messages.Adjustment, 1, 6, 20, config.Uint16),
+	}
+	f := newFixture(t, points, time.Second, simulator.WithRequestLog())
+	if n := len(f.drv.Plan().Requests); n < 3 {
+		t.Fatalf("plan has %d requests, want at least 3", n)
+	}
+	allowed := 1 // the guard lets the first request through, then says no
+	guard := func() bool { allowed--; return allowed >= 0 }
+	ctx := drivers.WithGuard(context.Background(), guard)
+	got, err := f.drv.Read(ctx, nil)
+	if !errors.Is(err, drivers.ErrNotOwner) || len(got) != 0 {
+		t.Fatalf("read with the guard turning false: %d samples, err %v; want none and ErrNotOwner", len(got), err)
+	}
+	if n := len(f.sim.RequestLog()); n != 1 {
+		t.Fatalf("the device got %d requests, want only the one sent before the guard turned false", n)
+	}
+	if _, err := f.drv.Write(ctx, 3, 5); !errors.Is(err, drivers.ErrNotOwner) {
+		t.Fatalf("write with the guard false: %v, want ErrNotOwner", err)
+	}
+	for _, q := range f.sim.RequestLog() {
+		if q.Write {
+			t.Fatal("a write reached the device after the guard turned false")
+		}
+	}
+	// The connection is still good: an unguarded read works.
+	f.read(t)
+}

@@ -53,8 +53,8 @@ func (d *Driver) Write(ctx context.Context, index int, value float64) (float64, 
 	if d.client == nil {
 		return 0, fail("write", p.Address, errNotConnected)
 	}
-	if err := ctx.Err(); err != nil {
-		return 0, err
+	if err := drivers.Proceed(ctx); err != nil {
+		return 0, fail("write", p.Address, err)
 	}
 	setSlave(d.handler, p.SlaveID)
 	addr := p.Address
@@ -85,6 +85,9 @@ func (d *Driver) Write(ctx context.Context, index int, value float64) (float64, 
 			break
 		}
 		d.wbuf = append(d.wbuf[:0], byte(reg>>8), byte(reg))
+		if err := drivers.Proceed(ctx); err != nil {
+			return 0, fail("write", addr, err)
+		}
 		err = d.writeRegisters(fc, addr)
 	default:
 		err = d.writeRegisters(fc, addr)

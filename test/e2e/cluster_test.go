@@ -506,3 +506,30 @@ channels:
 		t.Errorf("n1 last polled at %v", last.Format("15:04:05.000"))
 	}
 }
+
+// TestClusterEtcdUnreachableAtStart: a node whose etcd does not answer at
+// start-up exits with an error naming the endpoint, rather than running
+// outside the membership.
+func TestClusterEtcdUnreachableAtStart(t *testing.T) {
+	r := testenv.StartRedis(t)
+	etcdAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)) // nothing listens there
+	dir := writeFiles(t, map[string]string{
+		"p.csv": clusterPoints,
+		"n1.yaml": fmt.Sprintf(`redis: {url: %q}
+channels:
+  - {id: 1001, name: PCS-1, protocol: modbus_tcp, poll_interval: 100ms, points: p.csv,
+     parameters: {host: 127.0.0.1, port: %d, timeout: 300ms}}
+`, r.URL(), testenv.FreePort(t)),
+		"cluster.yaml": fmt.Sprintf(`name: e2e
+provider: {kind: etcd, endpoints: [%q]}
+nodes:
+  - {name: n1, substation: A, remote: 127.0.0.1:%d, membership: 127.0.0.1:%d, http: 127.0.0.1:%d}
+channels:
+  1001: {substation: A}
+`, etcdAddr, testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)),
+	})
+	out, code := runCmd(t, nil, "run", "-c", filepath.Join(dir, "n1.yaml"), "--cluster", filepath.Join(dir, "cluster.yaml"), "--node", "n1")
+	if code != 1 || !strings.Contains(out, "etcd ["+etcdAddr+"]: registering n1@") || !strings.Contains(out, "no answer within 1s") {
+		t.Fatalf("run with etcd unreachable: exit %d\n%s", code, out)
+	}
+}
