@@ -68,7 +68,10 @@ type Driver interface {
 	// (slave) causes, such as a Modbus exception or a timeout of one slave,
 	// is reported as samples with quality Bad, not as an error. A returned
 	// error means the connection itself is lost: the channel marks its points
-	// comm_lost, closes the driver and reconnects with backoff.
+	// comm_lost, closes the driver and reconnects with backoff. A driver
+	// calls Proceed(ctx) right before each request and returns its error
+	// (ErrNotOwner: the channel is no longer this node's; not a lost
+	// connection).
 	Read(ctx context.Context, buf []Sample) ([]Sample, error)
 	// Close releases the connection. It is idempotent.
 	Close() error

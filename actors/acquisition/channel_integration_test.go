@@ -204,12 +204,7 @@ channels:
 // device's current value and updates flow again.
 func TestRedisRestartMidRun(t *testing.T) {
 	r := testenv.StartRedis(t)
-	port := testenv.FreePort(t)
-	cfg := loadConfig(t, fmt.Sprintf(`
-channels:
-  - {id: 12, name: pcs, protocol: modbus_tcp, poll_interval: 50ms, points: m.csv,
-     parameters: {host: 127.0.0.1, port: %d, timeout: 200ms}}
-`, port), map[string]string{"m.csv": modbusTable})
+	cfg, port := modbusChannel(t, 12, "50ms")
 	sim, _ := serveFrozen(t, cfg.Channels[0].Points, port)
 	h := startNode(t, cfg, r.URL())
 	keys := []messages.PointKey{pk(12, 'm', 1), pk(12, 'm', 2), pk(12, 'm', 3), pk(12, 's', 1)}
@@ -232,6 +227,18 @@ channels:
 }
 
 // serveFrozen serves points with a simulator whose values hold still.
+// modbusChannel is a config with one Modbus TCP channel (modbusTable) to a
+// free loopback port.
+func modbusChannel(t *testing.T, id int, poll string) (*config.Config, int) {
+	t.Helper()
+	port := testenv.FreePort(t)
+	return loadConfig(t, fmt.Sprintf(`
+channels:
+  - {id: %d, name: pcs, protocol: modbus_tcp, poll_interval: %s, points: m.csv,
+     parameters: {host: 127.0.0.1, port: %d, timeout: 200ms}}
+`, id, poll, port), map[string]string{"m.csv": modbusTable}), port
+}
+
 func serveFrozen(t *testing.T, points []config.Point, port int) (*simulator.Simulator, string) {
 	t.Helper()
 	sim, err := simulator.New(points)
@@ -266,12 +273,7 @@ func (h *harness) matches(sim *simulator.Simulator, keys []messages.PointKey) bo
 // treated as lost (no comm_lost, no reconnect).
 func TestGuardCutsPollShort(t *testing.T) {
 	r := testenv.StartRedis(t)
-	port := testenv.FreePort(t)
-	cfg := loadConfig(t, fmt.Sprintf(`
-channels:
-  - {id: 10, name: pcs, protocol: modbus_tcp, poll_interval: 20ms, points: m.csv,
-     parameters: {host: 127.0.0.1, port: %d, timeout: 200ms}}
-`, port), map[string]string{"m.csv": modbusTable})
+	cfg, port := modbusChannel(t, 10, "20ms")
 	sim, err := simulator.New(cfg.Channels[0].Points, simulator.WithRequestLog())
 	if err != nil {
 		t.Fatal(err)

@@ -65,17 +65,14 @@ func TestClusterFailoverEtcd(t *testing.T) {
 	clusterFailover(t, fmt.Sprintf("{kind: etcd, endpoints: [%q]}", e.Endpoint()))
 }
 
-func clusterFailover(t *testing.T, provider string) {
-	r := testenv.StartRedis(t)
-	rdb := redis.NewClient(&redis.Options{Addr: r.Addr()})
-	t.Cleanup(func() { rdb.Close() })
-	ctx := context.Background()
-
-	names := []string{"n1", "n2", "n3"}
+// clusterSite writes one node config per name (channel 1001 on its own
+// simulator port, an operator token, then extra) and a cluster.yaml with
+// provider, all nodes in substation A, on free loopback ports.
+func clusterSite(t *testing.T, names []string, redisURL, provider, extra string) (dir string, mbPorts, httpPorts map[string]int) {
+	t.Helper()
 	files := map[string]string{"p.csv": clusterPoints}
 	var nodesYAML strings.Builder
-	mbPorts := map[string]int{}
-	httpPorts := map[string]int{}
+	mbPorts, httpPorts = map[string]int{}, map[string]int{}
 	for _, n := range names {
 		mbPorts[n], httpPorts[n] = testenv.FreePort(t), testenv.FreePort(t)
 		fmt.Fprintf(&nodesYAML, "  - {name: %s, substation: A, remote: 127.0.0.1:%d, membership: 127.0.0.1:%d, http: 127.0.0.1:%d}\n",
@@ -88,12 +85,22 @@ auth:
 channels:
   - {id: 1001, name: PCS-1, protocol: modbus_tcp, poll_interval: 100ms, points: p.csv,
      parameters: {host: 127.0.0.1, port: %d, timeout: 300ms}}
-alarms:
-  - {id: hv, point: "1001:m:10001", condition: ">", threshold: 250}
-`, n, r.URL(), opToken, mbPorts[n])
+`, n, redisURL, opToken, mbPorts[n]) + extra
 	}
 	files["cluster.yaml"] = "name: e2e\nprovider: " + provider + "\nnodes:\n" + nodesYAML.String() + "channels:\n  1001: {substation: A}\n"
-	dir := writeFiles(t, files)
+	return writeFiles(t, files), mbPorts, httpPorts
+}
+
+func clusterFailover(t *testing.T, provider string) {
+	r := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+
+	names := []string{"n1", "n2", "n3"}
+	dir, mbPorts, httpPorts := clusterSite(t, names, r.URL(), provider, `alarms:
+  - {id: hv, point: "1001:m:10001", condition: ">", threshold: 250}
+`)
 	portOf := map[int]string{}
 	var ports []int
 	for _, n := range names {
@@ -407,26 +414,7 @@ func TestClusterEtcdOutage(t *testing.T) {
 	e := testenv.StartEtcd(t)
 	r := testenv.StartRedis(t)
 	names := []string{"n1", "n2"}
-	mbPorts, httpPorts := map[string]int{}, map[string]int{}
-	files := map[string]string{"p.csv": clusterPoints}
-	var nodesYAML strings.Builder
-	for _, n := range names {
-		mbPorts[n], httpPorts[n] = testenv.FreePort(t), testenv.FreePort(t)
-		fmt.Fprintf(&nodesYAML, "  - {name: %s, substation: A, remote: 127.0.0.1:%d, membership: 127.0.0.1:%d, http: 127.0.0.1:%d}\n",
-			n, testenv.FreePort(t), testenv.FreePort(t), httpPorts[n])
-		files[n+".yaml"] = fmt.Sprintf(`node: {name: %s}
-redis: {url: %q}
-auth:
-  tokens:
-    - {name: op1, token: %s, role: operator}
-channels:
-  - {id: 1001, name: PCS-1, protocol: modbus_tcp, poll_interval: 100ms, points: p.csv,
-     parameters: {host: 127.0.0.1, port: %d, timeout: 300ms}}
-`, n, r.URL(), opToken, mbPorts[n])
-	}
-	files["cluster.yaml"] = fmt.Sprintf("name: e2e\nprovider: {kind: etcd, endpoints: [%q]}\nnodes:\n%schannels:\n  1001: {substation: A}\n",
-		e.Endpoint(), nodesYAML.String())
-	dir := writeFiles(t, files)
+	dir, mbPorts, httpPorts := clusterSite(t, names, r.URL(), fmt.Sprintf("{kind: etcd, endpoints: [%q]}", e.Endpoint()), "")
 	sim := startSim(t, filepath.Join(dir, "n1.yaml"), mbPorts["n1"], mbPorts["n2"])
 	procs := map[string]*proc{}
 	for _, n := range names {
