@@ -6,7 +6,6 @@ package alarm
 // every wait is for a condition (testenv.Eventually or a Redis subscription).
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -61,28 +60,10 @@ func itConfig(t testing.TB, points int, alarmsYAML string) *config.Config {
 	return cfg
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // itLog returns a logger whose output is shown only if the test fails. Call
 // it first: its cleanup then runs last, after everything has stopped.
 func itLog(t *testing.T) *slog.Logger {
-	buf := &syncBuffer{}
+	buf := &testenv.LogBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("logs:\n%s", buf.String())

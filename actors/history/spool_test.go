@@ -1,19 +1,18 @@
 package history
 
 import (
-	"bytes"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/voltage-ems/voltage/messages"
+	"github.com/voltage-ems/voltage/test/testenv"
 )
 
 // batch returns n measurements of channel 1001 starting at ms ts0, one per
@@ -29,24 +28,6 @@ func spoolBatch(n int, ts0 int64, v0 float64) []messages.PointUpdate {
 		}
 	}
 	return us
-}
-
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func openSpool(t testing.TB, path string, maxBytes int64, log *slog.Logger) *Spool {
@@ -195,7 +176,7 @@ func TestSpoolSurvivesRestart(t *testing.T) {
 
 func TestSpoolBoundDropsOldest(t *testing.T) {
 	const t0 = 1764090000000 // all batches encode to the same size
-	var logs syncBuffer
+	var logs testenv.LogBuffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	probe := openSpool(t, filepath.Join(t.TempDir(), "probe.db"), 0, nil)
 	if err := probe.Append(spoolBatch(100, t0, 0)); err != nil {
@@ -302,7 +283,7 @@ func TestSpoolSetAside(t *testing.T) {
 }
 
 func TestSpoolCorruptBatchSetAside(t *testing.T) {
-	var logs syncBuffer
+	var logs testenv.LogBuffer
 	s := openSpool(t, filepath.Join(t.TempDir(), "spool.db"), 0, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err := s.Append(spoolBatch(2, 0, 0)); err != nil {
 		t.Fatal(err)

@@ -61,7 +61,7 @@ func TestWriterSetsAsideRejectedBatch(t *testing.T) {
 // it does not pile up in memory: beyond MaxBuffer the backlog goes to the
 // spool (the warning says so) and every point reaches the store, in order.
 func TestWriterShedsBacklogToSpool(t *testing.T) {
-	var logs syncBuffer
+	var logs testenv.LogBuffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	dir := t.TempDir()
 	store, err := OpenEmbedded(filepath.Join(dir, "h.db"), 0, log)
