@@ -454,14 +454,10 @@ alarms:
 				return nil, err
 			}
 			now := time.Now()
-			pipe := b.rdb.Pipeline()
-			ex := pipe.Exists(ctx, "node:"+victim)
-			get := pipe.Get(ctx, "lease:channel:1001")
-			_, _ = pipe.Exec(ctx)
-			if rd.beatGone == 0 && ex.Val() == 0 {
+			beat, owner := b.beatAndOwner(ctx, victim)
+			if rd.beatGone == 0 && !beat {
 				rd.beatGone = now.Sub(rd.killAt)
 			}
-			owner, _, _ := strings.Cut(get.Val(), ":")
 			if rd.leaseFree == 0 && owner != victim {
 				rd.leaseFree = now.Sub(rd.killAt)
 			}
@@ -500,14 +496,11 @@ alarms:
 				return nil, err
 			}
 			now := time.Now()
-			pipe := b.rdb.Pipeline()
-			ex := pipe.Exists(ctx, "node:"+victim)
-			get := pipe.Get(ctx, "lease:channel:1001")
-			_, _ = pipe.Exec(ctx)
-			if rd.beatBack == 0 && ex.Val() == 1 {
+			beat, owner := b.beatAndOwner(ctx, victim)
+			if rd.beatBack == 0 && beat {
 				rd.beatBack = now.Sub(rd.restartAt)
 			}
-			if owner, _, _ := strings.Cut(get.Val(), ":"); rd.leaseBack == 0 && owner == victim {
+			if rd.leaseBack == 0 && owner == victim {
 				rd.leaseBack = now.Sub(rd.restartAt)
 			}
 			if at, ok := firstFrom(victim, rd.restartAt); ok && rd.pollBack == 0 {
@@ -702,6 +695,17 @@ func respLen(args ...string) int64 {
 func bulkLen(s string) int64 { return int64(len(fmt.Sprintf("$%d\r\n", len(s))) + len(s) + 2) }
 
 var cmdstatRe = regexp.MustCompile(`(?m)^cmdstat_([a-z|_-]+):calls=(\d+),`)
+
+// beatAndOwner reads, in one round trip, whether node's heartbeat hash
+// exists and which node holds channel 1001's lease ("" when none).
+func (b *bench) beatAndOwner(ctx context.Context, node string) (beat bool, owner string) {
+	pipe := b.rdb.Pipeline()
+	ex := pipe.Exists(ctx, "node:"+node)
+	get := pipe.Get(ctx, "lease:channel:1001")
+	_, _ = pipe.Exec(ctx)
+	owner, _, _ = strings.Cut(get.Val(), ":")
+	return ex.Val() == 1, owner
+}
 
 func (b *bench) snapshot() (snapshot, error) {
 	s := snapshot{calls: map[string]int64{}}
