@@ -497,7 +497,7 @@ func run(nRules, rate int, duration time.Duration, flood int, redisURL, cpuProfi
 			rec.t0, rec.t1, rec.measuring = now.UnixNano(), end.UnixNano(), true
 			rec.mu.Unlock()
 			evals0 = counter(reg, "voltage_alarm_evaluations_total")
-			cpu0, rcpu0 = benchnode.CPUTime(), procCPU(redisPID)
+			cpu0, rcpu0 = benchnode.CPUTime(), benchnode.ProcCPU(redisPID)
 			sampleOn.Store(true)
 			if prof != nil {
 				if err := pprof.StartCPUProfile(prof); err != nil {
@@ -532,7 +532,7 @@ func run(nRules, rate int, duration time.Duration, flood int, redisURL, cpuProfi
 	if prof != nil {
 		pprof.StopCPUProfile()
 	}
-	cpu, rcpu := benchnode.CPUTime()-cpu0, procCPU(redisPID)-rcpu0
+	cpu, rcpu := benchnode.CPUTime()-cpu0, benchnode.ProcCPU(redisPID)-rcpu0
 	// Evaluations still queued count toward the rate only if they are done
 	// within the window: read the counter now.
 	evals1 = counter(reg, "voltage_alarm_evaluations_total")
@@ -746,7 +746,7 @@ func floodOnce(ctx context.Context, rdb *redis.Client, redisPID int, rec *record
 			time.Sleep(time.Millisecond)
 		}
 	}()
-	cpu0, rcpu0 := benchnode.CPUTime(), procCPU(redisPID)
+	cpu0, rcpu0 := benchnode.CPUTime(), benchnode.ProcCPU(redisPID)
 	t0 := time.Now()
 	send()
 	deadline := t0.Add(60 * time.Second)
@@ -776,7 +776,7 @@ func floodOnce(ctx context.Context, rdb *redis.Client, redisPID int, rec *record
 		}
 		time.Sleep(500 * time.Microsecond)
 	}
-	res.cpu, res.redisCPU = benchnode.CPUTime()-cpu0, procCPU(redisPID)-rcpu0
+	res.cpu, res.redisCPU = benchnode.CPUTime()-cpu0, benchnode.ProcCPU(redisPID)-rcpu0
 	close(probeStop)
 	<-probeDone
 	waitQuiet(rec, 300*time.Millisecond, 5*time.Second) // anything extra would show
@@ -842,22 +842,6 @@ func redisInfo(ctx context.Context, c *redis.Client) (int, string) {
 		}
 	}
 	return pid, version
-}
-
-// procCPU is the user+system CPU time of process pid (0 if unknown).
-func procCPU(pid int) time.Duration {
-	if pid == 0 {
-		return 0
-	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * time.Second / 100
 }
 
 // counter sums the values of a counter family.

@@ -144,8 +144,19 @@ func Machine() string {
 }
 
 // CPUTime is this process's user+system CPU time.
-func CPUTime() time.Duration {
-	b, err := os.ReadFile("/proc/self/stat")
+func CPUTime() time.Duration { return cpuOf("self") }
+
+// ProcCPU is the user+system CPU time of process pid (0 if unknown).
+func ProcCPU(pid int) time.Duration {
+	if pid == 0 {
+		return 0
+	}
+	return cpuOf(strconv.Itoa(pid))
+}
+
+// cpuOf reads utime+stime of /proc/{proc}/stat.
+func cpuOf(proc string) time.Duration {
+	b, err := os.ReadFile("/proc/" + proc + "/stat")
 	if err != nil {
 		return 0
 	}

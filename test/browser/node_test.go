@@ -5,7 +5,6 @@
 package browser
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net/http"
@@ -14,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -41,22 +39,11 @@ type node struct {
 	args []string
 	base string // http://127.0.0.1:PORT
 	cmd  *exec.Cmd
-	done chan struct{} // closed when cmd has exited
-	mu   sync.Mutex
-	out  bytes.Buffer
+	done chan struct{}     // closed when cmd has exited
+	out  testenv.LogBuffer // stdout and stderr
 }
 
-func (n *node) Write(b []byte) (int, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.out.Write(b)
-}
-
-func (n *node) output() string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.out.String()
-}
+func (n *node) output() string { return n.out.String() }
 
 // startDemo runs config/examples/demo.yaml with --simulate on free ports
 // and waits until the node is ready.
@@ -101,7 +88,7 @@ func startDemo(t *testing.T, bin string) *node {
 func (n *node) start(t *testing.T) {
 	t.Helper()
 	n.cmd = exec.Command(n.bin, n.args...)
-	n.cmd.Stdout, n.cmd.Stderr = n, n
+	n.cmd.Stdout, n.cmd.Stderr = &n.out, &n.out
 	n.done = make(chan struct{})
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/voltage-ems/voltage/supervisor"
+	"github.com/voltage-ems/voltage/test/testenv"
 )
 
 // fastPolicy retries after 5ms, 10ms, 20ms, 40ms, 50ms, ... without jitter.
@@ -36,30 +37,12 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 	}
 }
 
-// logBuffer collects a logger's text output.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // start returns a Notifier with fastPolicy (unless opt has a policy), fresh
 // metrics and a captured log; it is stopped at the end of the test, before
 // the test's servers close.
-func start(t *testing.T, opt Options) (*Notifier, *Metrics, *logBuffer) {
+func start(t *testing.T, opt Options) (*Notifier, *Metrics, *testenv.LogBuffer) {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &testenv.LogBuffer{}
 	opt.Log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if opt.Policy == (supervisor.Policy{}) {
 		opt.Policy = fastPolicy
