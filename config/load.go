@@ -95,6 +95,7 @@ func Parse(data []byte, file string, readFile func(name string) ([]byte, error))
 	l.validateComputations(cfg)
 	l.validateAlarms(cfg)
 	l.validateAuth(cfg)
+	l.validateBus(cfg)
 
 	if len(errs.errs) > 0 {
 		return nil, errs.sorted()
@@ -250,6 +251,8 @@ func (l *loader) expandEnv(c *Config) {
 	}
 	l.expand(&c.InfluxDB.Token, "influxdb.token")
 	l.expand(&c.Redis.URL, "redis.url")
+	l.expand(&c.Auth.CommandKey, "auth.command_key")
+	l.expand(&c.Auth.CommandKeyPrevious, "auth.command_key_previous")
 }
 
 func (l *loader) expand(s *string, path string) {

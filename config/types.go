@@ -35,6 +35,23 @@ type Node struct {
 // Redis says which Redis to use; an empty URL starts an embedded server.
 type Redis struct {
 	URL string `yaml:"url"`
+	// Prefix namespaces every key and Pub/Sub channel of the node
+	// ("site-a" -> "site-a:comsrv:1001:m"), so that the nodes of several
+	// sites can share one redis-server; empty keeps the contract's names.
+	Prefix string `yaml:"prefix"`
+	// TLS of a rediss:// URL: the CA that signed the server's certificate
+	// (default: the system's), a client certificate for servers that ask
+	// for one, and the name to verify (default: the URL's host).
+	TLS *RedisTLS `yaml:"tls"`
+}
+
+// RedisTLS are the PEM files of a TLS connection to Redis, relative to the
+// YAML file.
+type RedisTLS struct {
+	CA         string `yaml:"ca"`
+	Cert       string `yaml:"cert"`
+	Key        string `yaml:"key"`
+	ServerName string `yaml:"server_name"`
 }
 
 // InfluxDB configures history; an empty URL keeps history in data_dir.
@@ -54,9 +71,16 @@ type InfluxDB struct {
 	Retention time.Duration `yaml:"retention"`
 }
 
-// Auth lists the API tokens.
+// Auth lists the API tokens and the key that signs commands on the bus.
 type Auth struct {
 	Tokens []Token `yaml:"tokens"`
+	// CommandKey, when set, signs every command the gateway publishes
+	// (HMAC-SHA256) and makes channels refuse commands without a valid
+	// signature. At least 32 characters; write it as ${ENV_VAR}.
+	CommandKey string `yaml:"command_key"`
+	// CommandKeyPrevious is also accepted (not used to sign) while a new
+	// command key is rolled out to every node and client.
+	CommandKeyPrevious string `yaml:"command_key_previous"`
 }
 
 // Token is one bearer token with its role. Token values may be written as

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/voltage-ems/voltage/config"
 	"github.com/voltage-ems/voltage/messages"
@@ -25,6 +26,14 @@ var (
 	ErrOutOfRange  = errors.New("value out of range")
 	ErrNotWritable = errors.New("point not writable")
 )
+
+// ErrOutcomeUnknown is what a Writer wraps when the write request went out
+// (or may have) but no answer came: a timeout, a garbled answer, a
+// connection closed after sending, or a read-back that failed after the
+// device acknowledged the write. The device may or may not have applied the
+// value; the channel answers the command unknown and reconciles it by
+// reading the point back.
+var ErrOutcomeUnknown = errors.New("outcome unknown: the request went out but no answer came")
 
 // ErrNotOwner is what Proceed returns, and a driver then returns, when the
 // channel's guard says the channel is no longer this node's (a cluster
@@ -42,11 +51,17 @@ func WithGuard(ctx context.Context, guard func() bool) context.Context {
 	return context.WithValue(ctx, guardKey{}, guard)
 }
 
-// Proceed returns ctx.Err(), or ErrNotOwner when ctx's guard (WithGuard)
-// says no. Drivers call it right before each request to the device.
+// Proceed returns ctx.Err(), context.DeadlineExceeded once ctx's deadline
+// has passed by the clock (a command is never written after its deadline,
+// even in the instant before the context's timer fires), or ErrNotOwner
+// when ctx's guard (WithGuard) says no. Drivers call it right before each
+// request to the device.
 func Proceed(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		return context.DeadlineExceeded
 	}
 	if g, ok := ctx.Value(guardKey{}).(func() bool); ok && !g() {
 		return ErrNotOwner
@@ -87,6 +102,13 @@ type Connector interface {
 // sends the engineering value to point index and returns the value read back.
 type Writer interface {
 	Write(ctx context.Context, index int, value float64) (readback float64, err error)
+}
+
+// PointReader is implemented by drivers that can read a single point on
+// demand; the channel uses it to reconcile a write whose outcome was
+// unknown. It returns the engineering value.
+type PointReader interface {
+	ReadPoint(ctx context.Context, index int) (float64, error)
 }
 
 // Initializer is implemented by drivers that validate their configuration

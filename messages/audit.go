@@ -31,6 +31,10 @@ type AuditEvent struct {
 	Reconciled bool     `json:"reconciled,omitempty"`
 	// Reason says why a command was refused or failed.
 	Reason string `json:"reason,omitempty"`
+	// Unsigned marks a command that came over the bus without a signature
+	// (a node without auth.command_key): its user and source are the
+	// publisher's claim, not authenticated.
+	Unsigned bool `json:"unsigned,omitempty"`
 }
 
 // AuditSink takes audit events. Implementations must not keep the pointer.

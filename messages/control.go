@@ -1,41 +1,28 @@
 package messages
 
 import (
-	"encoding/json"
 	"fmt"
 	"math"
-	"strconv"
 	"time"
 )
 
-// Redis names of the control path.
+// Limits of the control path.
 const (
-	AuditStream        = "audit:commands" // XADD of every accepted command and its result
-	CommandTTL         = 24 * time.Hour   // of cmd:result:{id} and cmd:seen:{id}
-	DefaultCmdTimeout  = 5 * time.Second  // a command older than this when it reaches the channel is not written
+	CommandTTL         = 24 * time.Hour  // of cmd:result:{id} and cmd:seen:{id}
+	DefaultCmdTimeout  = 5 * time.Second // a command older than this when it reaches the channel is not written
+	MinCmdTimeout      = time.Millisecond
 	MaxCmdTimeout      = 60 * time.Second
 	maxCommandIDLength = 128
 )
-
-// ControlChannel is the Redis channel commands for channel ch are published on.
-func ControlChannel(ch uint32) string {
-	return "cmd:" + strconv.FormatUint(uint64(ch), 10) + ":control"
-}
-
-// ResultChannel is the Redis channel results of channel ch are published on.
-func ResultChannel(ch uint32) string { return "cmd:" + strconv.FormatUint(uint64(ch), 10) + ":result" }
-
-// ResultKey is the Redis string holding the final result of command id.
-func ResultKey(id string) string { return "cmd:result:" + id }
-
-// SeenKey is the idempotency marker of command id (SET NX).
-func SeenKey(id string) string { return "cmd:seen:" + id }
 
 // CommandStatus is the outcome of a command.
 type CommandStatus string
 
 // Command statuses. Pending is only ever stored by the gateway while the
-// channel has not answered yet.
+// channel has not answered yet. Unknown says that the request went out to
+// the device but no answer came (it may or may not have been applied): the
+// channel reconciles it by reading the point back and publishes a follow-up
+// result (success or failed, Reconciled true) under the same id.
 const (
 	StatusPending   CommandStatus = "pending"
 	StatusSuccess   CommandStatus = "success"
@@ -43,6 +30,7 @@ const (
 	StatusRejected  CommandStatus = "rejected"
 	StatusDuplicate CommandStatus = "duplicate"
 	StatusTimeout   CommandStatus = "timeout"
+	StatusUnknown   CommandStatus = "unknown"
 )
 
 // Final reports whether the status ends the command.
@@ -60,8 +48,20 @@ type ControlCommand struct {
 	Source    string    `json:"source"`
 	User      string    `json:"user"`
 	// TimeoutMS is how old the command may be when the channel executes
-	// it (default 5000). An extension of the contract's payload.
+	// it: 1 to 60000, absent (or 0) for the default 5000. An extension of
+	// the contract's payload.
 	TimeoutMS int64 `json:"timeout_ms,omitempty"`
+
+	// Signed is set when the command arrived in a signed envelope (see
+	// CommandKey); nil for a bare, unsigned command.
+	Signed *Signature `json:"-"`
+}
+
+// Signature is what a signed envelope carried besides the command: the
+// exact bytes of its "cmd" member and the signature over them.
+type Signature struct {
+	Payload []byte // the "cmd" member as it appeared on the bus
+	Sig     string // hex HMAC-SHA256 of Payload
 }
 
 // Key is the addressed point.
@@ -69,12 +69,19 @@ func (c *ControlCommand) Key() PointKey {
 	return PointKey{Channel: c.ChannelID, Type: c.PointType, Point: c.PointID}
 }
 
-// Timeout is the command's expiry age.
+// Timeout is the command's expiry age: TimeoutMS, or the default when it
+// is absent. Validate refuses a negative or too long one.
 func (c *ControlCommand) Timeout() time.Duration {
-	if c.TimeoutMS <= 0 {
+	if c.TimeoutMS == 0 {
 		return DefaultCmdTimeout
 	}
 	return time.Duration(c.TimeoutMS) * time.Millisecond
+}
+
+// Deadline is the moment after which the command must not be written: its
+// timestamp plus its timeout.
+func (c *ControlCommand) Deadline() time.Time {
+	return time.UnixMilli(c.Timestamp).Add(c.Timeout())
 }
 
 // Validate checks what any channel needs before looking at the point.
@@ -87,6 +94,12 @@ func (c *ControlCommand) Validate() error {
 	}
 	if math.IsNaN(c.Value) || math.IsInf(c.Value, 0) {
 		return fmt.Errorf("value must be a finite number")
+	}
+	if c.TimeoutMS < 0 || time.Duration(c.TimeoutMS)*time.Millisecond > MaxCmdTimeout {
+		return fmt.Errorf("timeout_ms %d outside 1..%d (absent: the default %d)", c.TimeoutMS, MaxCmdTimeout.Milliseconds(), DefaultCmdTimeout.Milliseconds())
+	}
+	if c.Timestamp <= 0 {
+		return fmt.Errorf("timestamp (Unix ms of the command) is required")
 	}
 	return nil
 }
@@ -118,6 +131,9 @@ type CommandResult struct {
 	Readback  *float64      `json:"readback"` // null when nothing was read back
 	Error     string        `json:"error"`
 	Timestamp int64         `json:"timestamp"` // Unix ms of the outcome
+	// Reconciled marks the follow-up result of a command whose outcome was
+	// unknown, decided by reading the point back.
+	Reconciled bool `json:"reconciled,omitempty"`
 }
 
 // ResultOf starts the result of cmd with status and error text.
@@ -144,16 +160,17 @@ func (t *PointType) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// ParseCommand decodes and validates a control command payload.
+// ParseCommand decodes (DecodeCommand) and validates a control command
+// payload; a signature is not checked (CommandKey.Verify does).
 func ParseCommand(data []byte) (*ControlCommand, error) {
-	var c ControlCommand
-	if err := json.Unmarshal(data, &c); err != nil {
-		return nil, fmt.Errorf("control command: %w", err)
+	c, err := DecodeCommand(data)
+	if err != nil {
+		return nil, err
 	}
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("control command %q: %w", c.ID, err)
 	}
-	return &c, nil
+	return c, nil
 }
 
 // SubscribeCommands asks the node's Redis subscriber to subscribe to

@@ -18,6 +18,7 @@ import (
 
 	"github.com/voltage-ems/voltage/actors/alarm"
 	"github.com/voltage-ems/voltage/config"
+	"github.com/voltage-ems/voltage/messages"
 )
 
 // AlarmActions carries the operator actions to the alarm actors; the
@@ -87,11 +88,11 @@ func viewOf(r *alarm.Rule, st alarm.State, now int64) alarmView {
 }
 
 // readAlarms reads the states of rules from Redis.
-func readAlarms(ctx context.Context, rdb redis.UniversalClient, rules []*alarm.Rule) ([]alarm.State, error) {
+func readAlarms(ctx context.Context, rdb redis.UniversalClient, keys messages.Keys, rules []*alarm.Rule) ([]alarm.State, error) {
 	cmds := make([]*redis.MapStringStringCmd, len(rules))
 	if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, r := range rules {
-			cmds[i] = p.HGetAll(ctx, alarm.Key(r.ID))
+			cmds[i] = p.HGetAll(ctx, keys.Alarm(r.ID))
 		}
 		return nil
 	}); err != nil {
@@ -101,7 +102,7 @@ func readAlarms(ctx context.Context, rdb redis.UniversalClient, rules []*alarm.R
 	for i := range cmds {
 		st, err := alarm.ParseState(cmds[i].Val())
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", alarm.Key(rules[i].ID), err)
+			return nil, fmt.Errorf("%s: %w", keys.Alarm(rules[i].ID), err)
 		}
 		out[i] = st
 	}
@@ -134,7 +135,7 @@ func (s *server) listAlarms(c *gin.Context) {
 	for i := range s.d.Config.Alarms { // config order: stable output
 		rules = append(rules, s.alarmRules()[s.d.Config.Alarms[i].ID])
 	}
-	states, err := readAlarms(c.Request.Context(), s.d.Redis, rules)
+	states, err := readAlarms(c.Request.Context(), s.d.Redis, s.d.Keys, rules)
 	if err != nil {
 		abort(c, http.StatusServiceUnavailable, "redis_unavailable", "reading alarms from redis: "+err.Error())
 		return
@@ -176,7 +177,7 @@ func (s *server) getAlarm(c *gin.Context) {
 		abort(c, http.StatusServiceUnavailable, "unavailable", "alarms need redis")
 		return
 	}
-	states, err := readAlarms(c.Request.Context(), s.d.Redis, []*alarm.Rule{r})
+	states, err := readAlarms(c.Request.Context(), s.d.Redis, s.d.Keys, []*alarm.Rule{r})
 	if err != nil {
 		abort(c, http.StatusServiceUnavailable, "redis_unavailable", "reading alarm from redis: "+err.Error())
 		return
@@ -199,7 +200,7 @@ func (s *server) alarmEvents(c *gin.Context) {
 		abort(c, http.StatusServiceUnavailable, "unavailable", "alarms need redis")
 		return
 	}
-	raw, err := s.d.Redis.LRange(c.Request.Context(), alarm.EventsList, 0, int64(limit-1)).Result()
+	raw, err := s.d.Redis.LRange(c.Request.Context(), s.d.Keys.AlarmEvents(), 0, int64(limit-1)).Result()
 	if err != nil {
 		abort(c, http.StatusServiceUnavailable, "redis_unavailable", "reading alarm events from redis: "+err.Error())
 		return

@@ -15,9 +15,6 @@ import (
 	"github.com/voltage-ems/voltage/messages"
 )
 
-// resultPattern matches the result channels of every channel.
-const resultPattern = "cmd:*:result"
-
 // resultPollInterval is how often a waiting request also reads
 // cmd:result:{id}, which covers a result published while the subscription
 // was being (re)established.
@@ -45,8 +42,9 @@ func parseResult(raw []byte) (result, bool) {
 // and resubscribes it after a Redis restart); results nobody waits for are
 // dropped.
 type resultWaiter struct {
-	rdb redis.UniversalClient
-	log *slog.Logger
+	rdb  redis.UniversalClient
+	keys messages.Keys
+	log  *slog.Logger
 
 	mu      sync.Mutex
 	waiting map[string]map[*waiter]struct{}
@@ -62,15 +60,15 @@ type waiter struct {
 }
 
 // newResultWaiter subscribes and delivers results until ctx is done.
-func newResultWaiter(ctx context.Context, rdb redis.UniversalClient, log *slog.Logger) *resultWaiter {
-	rw := &resultWaiter{rdb: rdb, log: log, waiting: map[string]map[*waiter]struct{}{}, done: make(chan struct{})}
+func newResultWaiter(ctx context.Context, rdb redis.UniversalClient, keys messages.Keys, log *slog.Logger) *resultWaiter {
+	rw := &resultWaiter{rdb: rdb, keys: keys, log: log, waiting: map[string]map[*waiter]struct{}{}, done: make(chan struct{})}
 	go rw.run(ctx)
 	return rw
 }
 
 func (rw *resultWaiter) run(ctx context.Context) {
 	defer close(rw.done)
-	ps := rw.rdb.PSubscribe(ctx, resultPattern)
+	ps := rw.rdb.PSubscribe(ctx, rw.keys.ResultPattern())
 	defer ps.Close()
 	msgs := ps.Channel()
 	for {
@@ -166,7 +164,7 @@ func (w *waiter) wait(ctx context.Context, d time.Duration) (result, bool) {
 func (rw *resultWaiter) stored(ctx context.Context, id string) (result, bool) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	raw, err := rw.rdb.Get(ctx, messages.ResultKey(id)).Bytes()
+	raw, err := rw.rdb.Get(ctx, rw.keys.Result(id)).Bytes()
 	if err != nil {
 		return result{}, false
 	}
@@ -183,7 +181,7 @@ func (s *server) command(c *gin.Context) {
 	}
 	ctx, cancel := context.WithTimeout(c.Request.Context(), redisTimeout)
 	defer cancel()
-	raw, err := s.d.Redis.Get(ctx, messages.ResultKey(id)).Bytes()
+	raw, err := s.d.Redis.Get(ctx, s.d.Keys.Result(id)).Bytes()
 	switch {
 	case errors.Is(err, redis.Nil):
 		abort(c, http.StatusNotFound, "not_found", "unknown command "+id)

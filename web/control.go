@@ -91,6 +91,11 @@ func parseControlBody(data []byte) (controlRequest, error) {
 		if req.Timeout, err = parseDuration("timeout", *b.Timeout, messages.MaxCmdTimeout); err != nil {
 			return req, err
 		}
+		if req.Timeout < messages.MinCmdTimeout {
+			// A command's timeout travels in whole milliseconds: less than
+			// one would be 0, which means the default 5 s.
+			return req, fmt.Errorf("timeout: %s is under the minimum %s", *b.Timeout, messages.MinCmdTimeout)
+		}
 	}
 	return req, nil
 }
@@ -303,7 +308,7 @@ func (s *server) control(c *gin.Context) {
 
 	pending, _ := json.Marshal(messages.ResultOf(cmd, messages.StatusPending, "", time.Now()))
 	rctx, cancel := context.WithTimeout(ctx, redisTimeout)
-	claimed, err := s.d.Redis.SetNX(rctx, messages.ResultKey(cmd.ID), pending, messages.CommandTTL).Result()
+	claimed, err := s.d.Redis.SetNX(rctx, s.d.Keys.Result(cmd.ID), pending, messages.CommandTTL).Result()
 	cancel()
 	if err != nil {
 		abort(c, http.StatusServiceUnavailable, "redis_unavailable", "redis: "+err.Error())
@@ -319,14 +324,18 @@ func (s *server) control(c *gin.Context) {
 		w = s.results.register(cmd.ID)
 		defer w.release()
 	}
-	payload, _ := json.Marshal(cmd)
+	payload, err := s.d.CommandKey.Encode(cmd)
+	if err != nil {
+		abort(c, http.StatusInternalServerError, "internal", "encoding command "+cmd.ID+": "+err.Error())
+		return
+	}
 	rctx, cancel = context.WithTimeout(ctx, redisTimeout)
-	n, err := s.d.Redis.Publish(rctx, messages.ControlChannel(cmd.ChannelID), payload).Result()
+	n, err := s.d.Redis.Publish(rctx, s.d.Keys.Control(cmd.ChannelID), payload).Result()
 	cancel()
 	if err != nil || n == 0 {
 		// Nothing is queued: drop the claim so the id can be sent again.
 		dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), redisTimeout)
-		if derr := s.d.Redis.Del(dctx, messages.ResultKey(cmd.ID)).Err(); derr != nil {
+		if derr := s.d.Redis.Del(dctx, s.d.Keys.Result(cmd.ID)).Err(); derr != nil {
 			s.d.Log.Warn("command not published; removing its pending result failed", "command", cmd.ID, "err", derr)
 		}
 		dcancel()
@@ -386,7 +395,7 @@ func (s *server) acceptControl(c *gin.Context) (*messages.ControlCommand, contro
 	cmd := &messages.ControlCommand{
 		ID: id, ChannelID: ch.ID, PointType: p.Type, PointID: p.ID, Value: req.Value,
 		Timestamp: time.Now().UnixMilli(), Source: "api", User: principalOf(c).name,
-		TimeoutMS: timeout.Milliseconds(),
+		TimeoutMS: timeout.Milliseconds(), // whole ms, never rounded up (a command is never written late)
 	}
 	if err := cmd.Validate(); err != nil {
 		return nil, req, badRequest("bad_request", "%v", err)
@@ -398,7 +407,7 @@ func (s *server) acceptControl(c *gin.Context) (*messages.ControlCommand, contro
 func (s *server) duplicate(c *gin.Context, id string) {
 	ctx, cancel := context.WithTimeout(c.Request.Context(), redisTimeout)
 	defer cancel()
-	raw, err := s.d.Redis.Get(ctx, messages.ResultKey(id)).Bytes()
+	raw, err := s.d.Redis.Get(ctx, s.d.Keys.Result(id)).Bytes()
 	var original json.RawMessage
 	switch {
 	case err == nil && json.Valid(raw):

@@ -124,7 +124,7 @@ func TestControlPublishes(t *testing.T) {
 		if want.ID == "" {
 			t.Fatal("no id")
 		}
-		stored, err := e.rdb.Get(ctx, messages.ResultKey(id)).Bytes()
+		stored, err := e.rdb.Get(ctx, messages.Keys{}.Result(id)).Bytes()
 		if err != nil {
 			t.Fatalf("pending result not stored: %v", err)
 		}
@@ -132,7 +132,7 @@ func TestControlPublishes(t *testing.T) {
 		if err := json.Unmarshal(stored, &res); err != nil || res.Status != messages.StatusPending || res.ID != id || res.Value != want.Value {
 			t.Fatalf("stored %s", stored)
 		}
-		if ttl := e.rdb.TTL(ctx, messages.ResultKey(id)).Val(); ttl < 23*time.Hour || ttl > 24*time.Hour {
+		if ttl := e.rdb.TTL(ctx, messages.Keys{}.Result(id)).Val(); ttl < 23*time.Hour || ttl > 24*time.Hour {
 			t.Fatalf("ttl %v", ttl)
 		}
 		if got := e.do(http.MethodGet, "/api/commands/"+id, viewerToken, ""); got.status != 200 || got.object(t)["status"] != "pending" {
@@ -286,7 +286,7 @@ const (
 func fakeChannel(t *testing.T, rdb *redis.Client, ch uint32, mode int) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	sub := rdb.Subscribe(ctx, messages.ControlChannel(ch))
+	sub := rdb.Subscribe(ctx, messages.Keys{}.Control(ch))
 	if _, err := sub.Receive(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -305,10 +305,10 @@ func fakeChannel(t *testing.T, rdb *redis.Client, ch uint32, mode int) {
 			res.Readback = &rb
 			b, _ := json.Marshal(res)
 			if mode != publishOnly {
-				_ = rdb.Set(ctx, messages.ResultKey(cmd.ID), b, messages.CommandTTL).Err()
+				_ = rdb.Set(ctx, messages.Keys{}.Result(cmd.ID), b, messages.CommandTTL).Err()
 			}
 			if mode != storeOnly {
-				_ = rdb.Publish(ctx, messages.ResultChannel(ch), b).Err()
+				_ = rdb.Publish(ctx, messages.Keys{}.ResultChannel(ch), b).Err()
 			}
 		}
 	}()
@@ -382,7 +382,7 @@ func TestControlWaitTimeout(t *testing.T) {
 func TestCommandsLookup(t *testing.T) {
 	e := newEnv(t, testYAML)
 	stored := `{"id":"abc","channel_id":1001,"point_type":"c","point_id":1,"value":1,"status":"failed","readback":null,"error":"device disconnected","timestamp":1764090000123}`
-	if err := e.rdb.Set(context.Background(), messages.ResultKey("abc"), stored, time.Minute).Err(); err != nil {
+	if err := e.rdb.Set(context.Background(), messages.Keys{}.Result("abc"), stored, time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
 	f := func(path, token string, status int, want string) {

@@ -93,12 +93,12 @@ type pointJSON struct {
 
 // readPoints fetches value, ts and quality of the points from the comsrv
 // hashes (redisbus.ReadPoints) and adds the configured name and unit.
-func readPoints(ctx context.Context, rdb redis.UniversalClient, ps []*pointInfo) ([]pointJSON, error) {
+func readPoints(ctx context.Context, rdb redis.UniversalClient, names messages.Keys, ps []*pointInfo) ([]pointJSON, error) {
 	keys := make([]messages.PointKey, len(ps))
 	for i, p := range ps {
 		keys[i] = p.key
 	}
-	vals, err := redisbus.ReadPoints(ctx, rdb, keys)
+	vals, err := redisbus.ReadPoints(ctx, rdb, names, keys)
 	if err != nil {
 		return nil, err
 	}

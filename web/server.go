@@ -23,10 +23,14 @@ type ChannelStatusFunc func(ctx context.Context, id uint32) (*messages.ChannelSt
 
 // Deps is what the routes need; cmd wires them.
 type Deps struct {
-	Config   *config.Config
-	Status   ChannelStatusFunc
-	Redis    redis.UniversalClient
-	Gatherer prometheus.Gatherer
+	Config *config.Config
+	Status ChannelStatusFunc
+	Redis  redis.UniversalClient
+	// Keys are the site's Redis key names (redis.prefix).
+	Keys messages.Keys
+	// CommandKey signs the commands the gateway publishes (nil: unsigned).
+	CommandKey *messages.CommandKey
+	Gatherer   prometheus.Gatherer
 	// Ready reports why the node is not ready (nil: ready).
 	Ready   func(ctx context.Context) error
 	Version string
@@ -67,7 +71,7 @@ func NewHandler(d Deps) http.Handler {
 	}
 	s := &server{d: d, points: newPointIndex(d.Config), auth: newAuthenticator(d.Config.Auth.Tokens)}
 	if d.Redis != nil {
-		s.results = newResultWaiter(d.Context, d.Redis, d.Log)
+		s.results = newResultWaiter(d.Context, d.Redis, d.Keys, d.Log)
 	}
 	r := gin.New()
 	r.Use(gin.CustomRecovery(func(c *gin.Context, err any) {
@@ -211,7 +215,7 @@ func (s *server) pointsByPattern(c *gin.Context) {
 		return
 	}
 	sel := s.points.match(m)
-	vals, err := readPoints(c.Request.Context(), s.d.Redis, sel)
+	vals, err := readPoints(c.Request.Context(), s.d.Redis, s.d.Keys, sel)
 	if err != nil {
 		abort(c, http.StatusServiceUnavailable, "redis_unavailable", "reading current values from redis: "+err.Error())
 		return
@@ -230,7 +234,7 @@ func (s *server) point(c *gin.Context) {
 		abort(c, http.StatusNotFound, "not_found", "unknown point "+key.String())
 		return
 	}
-	vals, err := readPoints(c.Request.Context(), s.d.Redis, []*pointInfo{p})
+	vals, err := readPoints(c.Request.Context(), s.d.Redis, s.d.Keys, []*pointInfo{p})
 	if err != nil {
 		abort(c, http.StatusServiceUnavailable, "redis_unavailable", "reading current value from redis: "+err.Error())
 		return

@@ -53,7 +53,7 @@ func newWSEnv(t *testing.T, idle time.Duration, backlog ...int) *wsEnv {
 	}
 	e := &wsEnv{rdb: rdb, sys: actor.NewActorSystem()}
 	read := func(keys []messages.PointKey) ([]messages.PointUpdate, error) {
-		return redisbus.ReadPoints(context.Background(), rdb, keys)
+		return redisbus.ReadPoints(context.Background(), rdb, messages.Keys{}, keys)
 	}
 	var err error
 	e.restarts = supervisor.NewStats(nil)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -50,6 +51,12 @@ type Options struct {
 	CommandSource *actor.PID
 	Seen          IdempotencyStore
 	Commands      CommandSink
+	// Dedupe is this node's durable record of executed command ids (nil:
+	// Redis's cmd:seen only).
+	Dedupe LocalDedupe
+	// CommandKey, when set, makes the channel refuse commands without a
+	// valid signature (auth.command_key).
+	CommandKey *messages.CommandKey
 	// MaxQueuedCommands bounds the commands waiting for the I/O lane;
 	// default 64, more are rejected.
 	MaxQueuedCommands int
@@ -153,8 +160,20 @@ type (
 		started time.Time
 		took    time.Duration
 	}
-	staleTick struct{}
+	staleTick     struct{}
+	reconcileDone struct {
+		u   unknownOutcome
+		rb  float64
+		err error
+	}
 )
+
+// unknownOutcome is a command whose write went out unanswered: it waits
+// for the device to answer again, then the point is read back to decide.
+type unknownOutcome struct {
+	p     pendingCommand
+	ready bool // the device answered for this point since
+}
 
 // channelActor polls one channel. Its state is touched only on its own
 // goroutine; driver I/O runs in a goroutine that reports back by message.
@@ -174,6 +193,7 @@ type channelActor struct {
 	writing   bool // a command is in flight (the lane is one operation at a time)
 	pollDue   bool // a poll was due while the lane was busy
 	commands  []pendingCommand
+	unknown   []unknownOutcome // commands whose outcome is to be reconciled, oldest first
 	failures  int
 	buf       []drivers.Sample
 
@@ -205,6 +225,10 @@ func (c *channelActor) Receive(ctx actor.Context) {
 			return
 		}
 		c.internal(ctx, m)
+	case *reconcileDone:
+		if !c.stopped {
+			c.reconcileDone(ctx, m)
+		}
 	case *connectTick, *connectDone, *pollTick, *pollDone, *staleTick:
 		if !c.stopped { // I/O cancelled by the stop reports back: ignore it
 			c.internal(ctx, m)
@@ -345,6 +369,10 @@ func (c *channelActor) stop() {
 		c.spec.opt.Commands.CommandDone(p.cmd, &res)
 	}
 	c.commands = nil
+	for _, u := range c.unknown {
+		c.log.Warn("channel stopped with a command whose outcome is unknown (not reconciled)", "id", u.p.cmd.ID, "point", u.p.cmd.Key().String())
+	}
+	c.unknown = nil
 	for _, t := range c.timers {
 		if t != nil {
 			t.Stop()
@@ -474,7 +502,8 @@ func (c *channelActor) pollDone(ctx actor.Context, m *pollDone) {
 	}
 	c.failures = 0
 	c.status.BadPoints = c.dispatch(ctx, m.samples, m.started.UnixMilli())
-	c.pump() // waiting commands go before the next poll
+	c.answered(ctx, m.samples)
+	c.pump() // reconciliations and waiting commands go before the next poll
 	next := c.spec.ch.PollInterval - time.Since(m.started)
 	if next <= 0 {
 		c.poll()
@@ -524,6 +553,14 @@ func (c *channelActor) command(cmd *messages.ControlCommand) {
 		c.log.Error("control command dropped: control path not wired", "id", cmd.ID)
 		return
 	}
+	if err := c.spec.opt.CommandKey.Verify(cmd, time.Now()); err != nil {
+		// Refused before anything else: its id is not claimed and no result
+		// is stored under it (an unsigned message must not take an id).
+		res := messages.ResultOf(cmd, messages.StatusRejected, "refused: "+err.Error(), time.Now())
+		c.log.Warn("control command refused", "id", cmd.ID, "point", cmd.Key().String(), "err", err)
+		c.spec.opt.Commands.CommandRefused(cmd, &res)
+		return
+	}
 	if err := cmd.Validate(); err != nil {
 		reject("invalid command: %v", err)
 		return
@@ -541,31 +578,119 @@ func (c *channelActor) command(cmd *messages.ControlCommand) {
 	c.pump()
 }
 
-// pump starts the next waiting command when the I/O lane is free. The
-// write runs off the actor's goroutine and reports back with writeDone.
+// pump starts the next operation of the I/O lane when it is free: first
+// the reconciliation of a command whose outcome is unknown once the device
+// answers again (or before another command writes the same point), then
+// the next waiting command. The I/O runs off the actor's goroutine and
+// reports back with reconcileDone or writeDone.
 func (c *channelActor) pump() {
-	if c.polling || c.writing || len(c.commands) == 0 {
+	if c.polling || c.writing {
+		return
+	}
+	online := c.connected && c.drv != nil
+	if r, ok := c.drv.(drivers.PointReader); ok && online {
+		for i, u := range c.unknown {
+			if u.ready || len(c.commands) > 0 && c.commands[0].index == u.p.index {
+				c.unknown = append(c.unknown[:i], c.unknown[i+1:]...)
+				c.reconcile(r, u)
+				return
+			}
+		}
+	}
+	if len(c.commands) == 0 {
 		return
 	}
 	p := c.commands[0]
 	c.commands = c.commands[1:]
 	c.writing = true
 	w, _ := c.drv.(drivers.Writer)
-	connected, lastErr := c.connected, c.status.LastError
-	if c.drv == nil {
-		connected = false
-	}
-	opt, ctx, point := c.spec.opt, c.ctxIO, &c.spec.ch.Points[p.index]
+	cp := controlPath{w: w, seen: c.spec.opt.Seen, local: c.spec.opt.Dedupe, sink: c.spec.opt.Commands,
+		point: &c.spec.ch.Points[p.index], now: time.Now, online: online, reason: c.status.LastError}
+	sink, local, ctx := c.spec.opt.Commands, c.spec.opt.Dedupe, c.ctxIO
 	go func() {
-		res, rb := executeCommand(ctx, p, w, opt.Seen, opt.Commands, point, connected, lastErr, time.Now)
+		res, rb := executeCommand(ctx, p, cp)
+		recordLocal(local, &res)
 		if ctx.Err() != nil { // the channel is stopping: record the result here, its actor may be gone
 			if res.Status != "" {
-				opt.Commands.CommandDone(p.cmd, &res)
+				sink.CommandDone(p.cmd, &res)
 			}
 			return
 		}
 		c.sendTo(&writeDone{p: p, res: res, readback: rb})
 	}()
+}
+
+// reconcile reads back the point of a command whose outcome was unknown.
+// A driver that cannot read a single point is reconciled from the poll's
+// sample instead (answered).
+func (c *channelActor) reconcile(r drivers.PointReader, u unknownOutcome) {
+	c.writing = true
+	ctx := c.ctxIO
+	go func() {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		rb, err := r.ReadPoint(rctx, u.p.index)
+		cancel()
+		c.sendTo(&reconcileDone{u: u, rb: rb, err: err})
+	}()
+}
+
+// answered marks the commands of unknown outcome whose point the device
+// just answered for as ready to reconcile; without a PointReader the
+// sample itself decides.
+func (c *channelActor) answered(ctx actor.Context, samples []drivers.Sample) {
+	if len(c.unknown) == 0 {
+		return
+	}
+	_, canRead := c.drv.(drivers.PointReader)
+	kept := c.unknown[:0]
+	for _, u := range c.unknown {
+		i := slices.IndexFunc(samples, func(s drivers.Sample) bool { return s.Index == u.p.index && s.Quality == messages.Good })
+		switch {
+		case i < 0:
+			kept = append(kept, u)
+		case canRead:
+			u.ready = true
+			kept = append(kept, u)
+		default:
+			res := reconciled(u.p.cmd, &c.spec.ch.Points[u.p.index], samples[i].Value, time.Now())
+			c.finishReconcile(u, &res)
+		}
+	}
+	c.unknown = kept
+}
+
+// reconcileDone publishes the follow-up result of an unknown outcome, or
+// keeps waiting when the device did not answer the read.
+func (c *channelActor) reconcileDone(ctx actor.Context, m *reconcileDone) {
+	c.writing = false
+	switch {
+	case errors.Is(m.err, drivers.ErrNotOwner):
+		c.log.Warn("reconciliation not done: this node lost the channel's lease", "id", m.u.p.cmd.ID)
+	case m.err != nil && len(c.commands) > 0 && c.commands[0].index == m.u.p.index:
+		// Another command is about to write the point: the old outcome
+		// cannot be read any more.
+		c.log.Warn("outcome stays unknown: the point could not be read back before the next command writes it",
+			"id", m.u.p.cmd.ID, "next", c.commands[0].cmd.ID, "err", m.err)
+	case m.err != nil:
+		m.u.ready = false // wait for the device to answer again
+		c.unknown = append(c.unknown, m.u)
+		c.log.Warn("reconciliation read failed; retried when the device answers again", "id", m.u.p.cmd.ID, "err", m.err)
+	default:
+		res := reconciled(m.u.p.cmd, &c.spec.ch.Points[m.u.p.index], m.rb, time.Now())
+		c.finishReconcile(m.u, &res)
+		c.dispatch(ctx, []drivers.Sample{{Index: m.u.p.index, Value: m.rb, Quality: messages.Good}}, res.Timestamp)
+	}
+	c.pump()
+	if !c.writing && c.pollDue {
+		c.pollDue = false
+		c.poll()
+	}
+}
+
+func (c *channelActor) finishReconcile(u unknownOutcome, res *messages.CommandResult) {
+	c.log.Info("command outcome reconciled", "id", u.p.cmd.ID, "point", u.p.cmd.Key().String(), "status", res.Status, "readback", *res.Readback)
+	recordLocal(c.spec.opt.Dedupe, res)
+	c.spec.opt.Commands.CommandDone(u.p.cmd, res)
 }
 
 // commandDone records a command's result, shows the value read back on the
@@ -578,6 +703,15 @@ func (c *channelActor) commandDone(ctx actor.Context, m *writeDone) {
 		return
 	}
 	c.spec.opt.Commands.CommandDone(m.p.cmd, &m.res)
+	if m.res.Status == messages.StatusUnknown {
+		c.log.Warn("command outcome unknown: the write went out unanswered; reconciling by reading the point back", "id", m.p.cmd.ID, "err", m.res.Error)
+		c.unknown = append(c.unknown, unknownOutcome{p: m.p})
+		if max := c.spec.opt.MaxQueuedCommands; len(c.unknown) > max {
+			drop := c.unknown[0]
+			c.unknown = c.unknown[1:]
+			c.log.Error("too many commands of unknown outcome; the oldest stays unknown", "id", drop.p.cmd.ID)
+		}
+	}
 	if m.readback != nil {
 		c.dispatch(ctx, []drivers.Sample{{Index: m.p.index, Value: *m.readback, Quality: messages.Good}}, m.res.Timestamp)
 	}

@@ -47,8 +47,8 @@ channels:
 	testenv.Eventually(t, 5*time.Second, func() bool { return h.hget(pk(30, 'm', 1), ":q") == "good" }, "channel polling")
 	// The channel subscribes to cmd:30:control once started.
 	testenv.Eventually(t, 5*time.Second, func() bool {
-		n, _ := h.rdb.PubSubNumSub(context.Background(), messages.ControlChannel(30)).Result()
-		return n[messages.ControlChannel(30)] == 1
+		n, _ := h.rdb.PubSubNumSub(context.Background(), messages.Keys{}.Control(30)).Result()
+		return n[messages.Keys{}.Control(30)] == 1
 	}, "channel subscribed to its control channel")
 	return &controlEnv{h: h, sim: sim, addr: addr, rdb: h.rdb}
 }
@@ -64,7 +64,7 @@ func (e *controlEnv) send(t *testing.T, cmd messages.ControlCommand) messages.Co
 func (e *controlEnv) sendAll(t *testing.T, cmds []messages.ControlCommand) []messages.CommandResult {
 	t.Helper()
 	ctx := context.Background()
-	sub := e.rdb.Subscribe(ctx, messages.ResultChannel(30))
+	sub := e.rdb.Subscribe(ctx, messages.Keys{}.ResultChannel(30))
 	defer sub.Close()
 	if _, err := sub.Receive(ctx); err != nil {
 		t.Fatal(err)
@@ -76,7 +76,7 @@ func (e *controlEnv) sendAll(t *testing.T, cmds []messages.ControlCommand) []mes
 		}
 		b, _ := json.Marshal(&cmds[i])
 		wg.Add(1)
-		go func() { defer wg.Done(); e.rdb.Publish(ctx, messages.ControlChannel(30), b) }()
+		go func() { defer wg.Done(); e.rdb.Publish(ctx, messages.Keys{}.Control(30), b) }()
 	}
 	wg.Wait()
 	out := make([]messages.CommandResult, 0, len(cmds))
@@ -145,15 +145,15 @@ func TestControlWritesAndReadsBack(t *testing.T) {
 	// The point hashes show what was written and read back, and the final
 	// result is stored for GET /api/commands/{id}.
 	testenv.Eventually(t, 2*time.Second, func() bool { return e.h.hget(pk(30, 'a', 1), "") == "123.5" }, "comsrv:30:a holds the read-back setpoint")
-	stored, err := e.rdb.Get(context.Background(), messages.ResultKey("sp-1")).Result()
+	stored, err := e.rdb.Get(context.Background(), messages.Keys{}.Result("sp-1")).Result()
 	if err != nil || !strings.Contains(stored, `"status":"success"`) {
 		t.Fatalf("cmd:result:sp-1 = %q, %v", stored, err)
 	}
-	if ttl := e.rdb.TTL(context.Background(), messages.ResultKey("sp-1")).Val(); ttl < 23*time.Hour {
+	if ttl := e.rdb.TTL(context.Background(), messages.Keys{}.Result("sp-1")).Val(); ttl < 23*time.Hour {
 		t.Fatalf("result TTL %v, want 24 h", ttl)
 	}
 	// Audit: accepted and result entries with who, what and the outcome.
-	entries, err := e.rdb.XRange(context.Background(), messages.AuditStream, "-", "+").Result()
+	entries, err := e.rdb.XRange(context.Background(), messages.Keys{}.Audit(), "-", "+").Result()
 	if err != nil || len(entries) != 6 {
 		t.Fatalf("audit entries: %d %v", len(entries), err)
 	}
@@ -183,7 +183,7 @@ func TestControlExactlyOnce(t *testing.T) {
 	if n := e.sim.Writes() - w0; n != 1 {
 		t.Fatalf("device saw %d writes, want 1", n)
 	}
-	if s := e.rdb.Get(context.Background(), messages.ResultKey("once")).Val(); !strings.Contains(s, `"success"`) {
+	if s := e.rdb.Get(context.Background(), messages.Keys{}.Result("once")).Val(); !strings.Contains(s, `"success"`) {
 		t.Fatalf("a duplicate replaced the stored result: %s", s)
 	}
 

@@ -70,7 +70,7 @@ func startNodeWith(t *testing.T, cfg *config.Config, url string, opt func(*acqui
 	h.writer = redisbus.NewWriter(ro, redisbus.WriterOptions{Node: "test", RetryMin: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond})
 	strategy := supervisor.NewStrategy(supervisor.DefaultPolicy(), h.stats)
 	h.rdb = redis.NewClient(ro)
-	seen := redisbus.NewIdempotency(h.rdb, "test")
+	seen := redisbus.NewIdempotency(h.rdb, "test", messages.Keys{})
 	var chans []acquisition.Options
 	for i := range cfg.Channels {
 		ch := &cfg.Channels[i]
@@ -83,7 +83,7 @@ func startNodeWith(t *testing.T, cfg *config.Config, url string, opt func(*acqui
 		}
 	}
 	subProps := actor.PropsFromProducer(redisbus.NewSubscriberActor(func(deliver func([]messages.PointUpdate)) *redisbus.Subscriber {
-		return redisbus.NewSubscriber(ro, "test", deliver, nil, nil)
+		return redisbus.NewSubscriber(ro, "test", messages.Keys{}, deliver, nil, nil)
 	}))
 	props := node.NewRootProps([]node.Child{
 		{Name: "redis-writer", Props: actor.PropsFromProducer(func() actor.Actor { return &redisbus.WriterActor{W: h.writer} })},

@@ -163,7 +163,7 @@ func (m *Manager) start(ctx actor.Context) {
 		policy := supervisor.DefaultPolicy()
 		for attempt := 1; ; attempt++ {
 			c, done := context.WithTimeout(lctx, 5*time.Second)
-			states, bad, err := Load(c, m.opt.Redis, ids)
+			states, bad, err := Load(c, m.opt.Redis, m.opt.Store.opt.Keys, ids)
 			done()
 			if err == nil {
 				if m.opt.Store != nil {

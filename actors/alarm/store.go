@@ -11,10 +11,12 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/voltage-ems/voltage/messages"
 	"github.com/voltage-ems/voltage/supervisor"
 )
 
-// Redis keys (docs/alarms.md, ARCHITECTURE §4).
+// Redis keys (docs/alarms.md, ARCHITECTURE §4): the contract's names, without
+// a site prefix (the store and the API use messages.Keys).
 const (
 	ActiveIndex  = "idx:alarm:active"
 	EventsList   = "alarm:events"
@@ -23,7 +25,7 @@ const (
 	EventsKept = 10000
 )
 
-// Key is the hash of alarm id.
+// Key is the hash of alarm id (the contract's name, without a site prefix).
 func Key(id string) string { return "alarm:" + id }
 
 // StoreOptions configure a Store.
@@ -42,6 +44,8 @@ type StoreOptions struct {
 	// CheckInterval is how often the store checks the marker when nothing
 	// is written (default 5 s).
 	CheckInterval time.Duration
+	// Keys are the site's key names (redis.prefix).
+	Keys messages.Keys
 }
 
 // Store writes alarm states and events to Redis: in order, batched, from
@@ -114,7 +118,7 @@ func (s *Store) wake() {
 	}
 }
 
-func (s *Store) markerKey() string { return "alarm:store:" + s.opt.Node }
+func (s *Store) markerKey() string { return s.opt.Keys.AlarmStore(s.opt.Node) }
 
 // Put queues the new state of rule id and its events (JSON, oldest first).
 func (s *Store) Put(id string, st *State, events []queued) {
@@ -248,7 +252,7 @@ func (s *Store) flush(ctx context.Context) (more bool, err error) {
 		marker = p.GetSet(ctx, s.markerKey(), s.token)
 		var add, rem []any
 		for id, st := range states {
-			p.HSet(ctx, Key(id), stateFields(st))
+			p.HSet(ctx, s.opt.Keys.Alarm(id), stateFields(st))
 			if st.Active() {
 				add = append(add, id)
 			} else {
@@ -256,21 +260,21 @@ func (s *Store) flush(ctx context.Context) (more bool, err error) {
 			}
 		}
 		if len(add) > 0 {
-			p.SAdd(ctx, ActiveIndex, add...)
+			p.SAdd(ctx, s.opt.Keys.AlarmActive(), add...)
 		}
 		if len(rem) > 0 {
-			p.SRem(ctx, ActiveIndex, rem...)
+			p.SRem(ctx, s.opt.Keys.AlarmActive(), rem...)
 		}
 		if len(events) > 0 {
 			args := make([]any, len(events))
 			for j := range events {
 				args[j] = events[j].json
 			}
-			p.LPush(ctx, EventsList, args...)
-			p.LTrim(ctx, EventsList, 0, EventsKept-1)
+			p.LPush(ctx, s.opt.Keys.AlarmEvents(), args...)
+			p.LTrim(ctx, s.opt.Keys.AlarmEvents(), 0, EventsKept-1)
 		}
 		for i := range events {
-			p.Publish(ctx, EventChannel, events[i].json)
+			p.Publish(ctx, s.opt.Keys.AlarmEvent(), events[i].json)
 		}
 		return nil
 	})
@@ -378,14 +382,14 @@ func ParseState(h map[string]string) (State, error) {
 
 // Load reads the persisted states of the rules ids (missing: normal). A hash
 // that cannot be read is reported in bad and its rule starts from normal.
-func Load(ctx context.Context, c redis.UniversalClient, ids []string) (states map[string]State, bad []error, err error) {
+func Load(ctx context.Context, c redis.UniversalClient, keys messages.Keys, ids []string) (states map[string]State, bad []error, err error) {
 	out := make(map[string]State, len(ids))
 	for i := 0; i < len(ids); i += 1000 {
 		chunk := ids[i:min(i+1000, len(ids))]
 		cmds := make([]*redis.MapStringStringCmd, len(chunk))
 		if _, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for j, id := range chunk {
-				cmds[j] = p.HGetAll(ctx, Key(id))
+				cmds[j] = p.HGetAll(ctx, keys.Alarm(id))
 			}
 			return nil
 		}); err != nil {
@@ -394,7 +398,7 @@ func Load(ctx context.Context, c redis.UniversalClient, ids []string) (states ma
 		for j, id := range chunk {
 			st, err := ParseState(cmds[j].Val())
 			if err != nil {
-				bad = append(bad, errors.New("redis "+Key(id)+": "+err.Error()))
+				bad = append(bad, errors.New("redis "+keys.Alarm(id)+": "+err.Error()))
 				st = State{State: Normal, Seq: st.Seq}
 			}
 			out[id] = st

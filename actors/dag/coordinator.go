@@ -328,11 +328,14 @@ func (c *Coordinator) info(ctx actor.Context) *Computations {
 
 // RedisStateStore keeps computation state in the Redis hash dag:state
 // (field: output key).
-type RedisStateStore struct{ Client redis.UniversalClient }
+type RedisStateStore struct {
+	Client redis.UniversalClient
+	Keys   messages.Keys // the site's key names (redis.prefix)
+}
 
 // Load implements StateStore.
 func (s RedisStateStore) Load(ctx context.Context, output string) ([]byte, error) {
-	b, err := s.Client.HGet(ctx, "dag:state", output).Bytes()
+	b, err := s.Client.HGet(ctx, s.Keys.DagState(), output).Bytes()
 	if err == redis.Nil {
 		return nil, nil
 	}
@@ -341,5 +344,5 @@ func (s RedisStateStore) Load(ctx context.Context, output string) ([]byte, error
 
 // Save implements StateStore.
 func (s RedisStateStore) Save(ctx context.Context, output string, state []byte) error {
-	return s.Client.HSet(ctx, "dag:state", output, state).Err()
+	return s.Client.HSet(ctx, s.Keys.DagState(), output, state).Err()
 }

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/voltage-ems/voltage/messages"
 )
 
 // Unit kinds.
@@ -28,12 +30,6 @@ const (
 	KindAlarms       = "alarms"
 	KindHistory      = "history"
 )
-
-// LeaseKey is the Redis key of a unit's lease.
-func LeaseKey(kind, id string) string { return "lease:" + kind + ":" + id }
-
-// FenceKey is the counter of a unit's fencing tokens.
-func FenceKey(kind, id string) string { return "lease:fence:" + kind + ":" + id }
 
 // ErrNotOwner is returned when the lease is not (or no longer) ours.
 var ErrNotOwner = errors.New("lease not held by this node")
@@ -104,6 +100,7 @@ func Owner(v string) (node string, token int64) {
 // Leases acquires, renews and releases leases for one node.
 type Leases struct {
 	C    redis.UniversalClient
+	Keys messages.Keys // the site's key names (redis.prefix)
 	Node string
 	TTL  time.Duration
 	Now  func() time.Time // default time.Now
@@ -128,7 +125,7 @@ func (l *Leases) Acquire(ctx context.Context, kind, id string) (*Holder, string,
 // held until a renewal failed, and reports how long a taken lease lasts.
 func (l *Leases) acquire(ctx context.Context, kind, id, prev string) (*Holder, string, time.Duration, error) {
 	sent := l.now()
-	res, err := acquireScript.Run(ctx, l.C, []string{LeaseKey(kind, id), FenceKey(kind, id)},
+	res, err := acquireScript.Run(ctx, l.C, []string{l.Keys.Lease(kind, id), l.Keys.Fence(kind, id)},
 		l.Node, l.TTL.Milliseconds(), prev).Slice()
 	if err != nil {
 		return nil, "", 0, err
@@ -162,7 +159,7 @@ func (l *Leases) RenewAll(ctx context.Context, holders []*Holder) []error {
 		pipe := l.C.Pipeline()
 		cmds := make([]*redis.Cmd, len(holders))
 		for i, h := range holders {
-			cmds[i] = renewScript.EvalSha(ctx, pipe, []string{LeaseKey(h.Kind, h.ID)}, h.Value, l.TTL.Milliseconds())
+			cmds[i] = renewScript.EvalSha(ctx, pipe, []string{l.Keys.Lease(h.Kind, h.ID)}, h.Value, l.TTL.Milliseconds())
 		}
 		_, _ = pipe.Exec(ctx)
 		return cmds
@@ -191,7 +188,7 @@ func (l *Leases) RenewAll(ctx context.Context, holders []*Holder) []error {
 // Renew extends h; ErrNotOwner when the lease is no longer h's.
 func (l *Leases) Renew(ctx context.Context, h *Holder) error {
 	sent := l.now()
-	n, err := renewScript.Run(ctx, l.C, []string{LeaseKey(h.Kind, h.ID)}, h.Value, l.TTL.Milliseconds()).Int()
+	n, err := renewScript.Run(ctx, l.C, []string{l.Keys.Lease(h.Kind, h.ID)}, h.Value, l.TTL.Milliseconds()).Int()
 	if err != nil {
 		return err
 	}
@@ -204,7 +201,7 @@ func (l *Leases) Renew(ctx context.Context, h *Holder) error {
 
 // Release gives the lease up if it is still h's.
 func (l *Leases) Release(ctx context.Context, h *Holder) error {
-	return releaseScript.Run(ctx, l.C, []string{LeaseKey(h.Kind, h.ID)}, h.Value).Err()
+	return releaseScript.Run(ctx, l.C, []string{l.Keys.Lease(h.Kind, h.ID)}, h.Value).Err()
 }
 
 // ReleaseAll releases every holder still current, in one pipeline.
@@ -214,7 +211,7 @@ func (l *Leases) ReleaseAll(ctx context.Context, hs []*Holder) error {
 	}
 	pipe := l.C.Pipeline()
 	for _, h := range hs {
-		releaseScript.Eval(ctx, pipe, []string{LeaseKey(h.Kind, h.ID)}, h.Value)
+		releaseScript.Eval(ctx, pipe, []string{l.Keys.Lease(h.Kind, h.ID)}, h.Value)
 	}
 	_, err := pipe.Exec(ctx)
 	return err
@@ -223,8 +220,8 @@ func (l *Leases) ReleaseAll(ctx context.Context, hs []*Holder) error {
 // Fence claims key (SET NX PX ttl) only while lease value is the current
 // holder of kind/id: true if claimed, false if the key existed; ErrNotOwner
 // when the lease has moved on.
-func Fence(ctx context.Context, c redis.UniversalClient, kind, id, lease, key, value string, ttl time.Duration) (bool, error) {
-	n, err := fenceScript.Run(ctx, c, []string{LeaseKey(kind, id), key}, lease, value, ttl.Milliseconds()).Int()
+func Fence(ctx context.Context, c redis.UniversalClient, keys messages.Keys, kind, id, lease, key, value string, ttl time.Duration) (bool, error) {
+	n, err := fenceScript.Run(ctx, c, []string{keys.Lease(kind, id), key}, lease, value, ttl.Milliseconds()).Int()
 	if err != nil {
 		return false, err
 	}

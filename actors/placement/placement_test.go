@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/voltage-ems/voltage/messages"
 	"github.com/voltage-ems/voltage/test/testenv"
 )
 
@@ -39,10 +40,10 @@ func TestLeaseAcquireRenewFence(t *testing.T) {
 	if err := a.Renew(ctx, ha); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := Fence(ctx, c, KindChannel, "1001", ha.Value, "cmd:seen:x", "a", time.Minute); !ok || err != nil {
+	if ok, err := Fence(ctx, c, messages.Keys{}, KindChannel, "1001", ha.Value, "cmd:seen:x", "a", time.Minute); !ok || err != nil {
 		t.Fatalf("fence by the holder: %v %v", ok, err)
 	}
-	if ok, err := Fence(ctx, c, KindChannel, "1001", ha.Value, "cmd:seen:x", "a", time.Minute); ok || err != nil {
+	if ok, err := Fence(ctx, c, messages.Keys{}, KindChannel, "1001", ha.Value, "cmd:seen:x", "a", time.Minute); ok || err != nil {
 		t.Fatalf("second claim of the same key: %v %v", ok, err)
 	}
 	// a stalls past its TTL: b takes the lease with a bigger token, and a
@@ -55,7 +56,7 @@ func TestLeaseAcquireRenewFence(t *testing.T) {
 	if err := a.Renew(ctx, ha); !errors.Is(err, ErrNotOwner) {
 		t.Fatalf("a renews b's lease: %v", err)
 	}
-	if _, err := Fence(ctx, c, KindChannel, "1001", ha.Value, "cmd:seen:y", "a", time.Minute); !errors.Is(err, ErrNotOwner) {
+	if _, err := Fence(ctx, c, messages.Keys{}, KindChannel, "1001", ha.Value, "cmd:seen:y", "a", time.Minute); !errors.Is(err, ErrNotOwner) {
 		t.Fatalf("stale holder through the fence: %v", err)
 	}
 	if n, _ := c.Exists(ctx, "cmd:seen:y").Result(); n != 0 {
@@ -64,7 +65,7 @@ func TestLeaseAcquireRenewFence(t *testing.T) {
 	if err := a.Release(ctx, ha); err != nil {
 		t.Fatal(err)
 	}
-	if v, _ := c.Get(ctx, LeaseKey(KindChannel, "1001")).Result(); v != "b:2" {
+	if v, _ := c.Get(ctx, messages.Keys{}.Lease(KindChannel, "1001")).Result(); v != "b:2" {
 		t.Fatalf("a's release removed b's lease: %q", v)
 	}
 }

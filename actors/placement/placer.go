@@ -13,7 +13,8 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// NodeKey is a node's heartbeat hash; it expires one lease TTL after the
+// NodeKey is a node's heartbeat hash (the contract's name, without a site
+// prefix: messages.Keys.Node has it); it expires one lease TTL after the
 // node's last beat, so its existence is the node's liveness.
 func NodeKey(name string) string { return "node:" + name }
 
@@ -186,7 +187,7 @@ func (p *Placer) releaseAll() {
 	if err := p.opt.Leases.ReleaseAll(ctx, hs); err != nil {
 		p.opt.Log.Warn("leases not released (they expire on their own)", "units", len(hs), "err", err)
 	}
-	_ = p.opt.Leases.C.Del(ctx, NodeKey(p.opt.Leases.Node)).Err()
+	_ = p.opt.Leases.C.Del(ctx, p.opt.Leases.Keys.Node(p.opt.Leases.Node)).Err()
 }
 
 func (p *Placer) drop(k string, h *held, why string, args ...any) {
@@ -222,11 +223,11 @@ func (p *Placer) cycle() {
 	fields["updated"] = time.Now().UnixMilli()
 	fields["owned"] = strings.Join(owned, ",")
 	pipe := l.C.Pipeline()
-	pipe.HSet(ctx, NodeKey(l.Node), fields)
-	pipe.PExpire(ctx, NodeKey(l.Node), l.TTL)
+	pipe.HSet(ctx, l.Keys.Node(l.Node), fields)
+	pipe.PExpire(ctx, l.Keys.Node(l.Node), l.TTL)
 	exists := make([]*redis.IntCmd, len(p.opt.Nodes))
 	for i, n := range p.opt.Nodes {
-		exists[i] = pipe.Exists(ctx, NodeKey(n))
+		exists[i] = pipe.Exists(ctx, l.Keys.Node(n))
 	}
 	_, err := pipe.Exec(ctx)
 	if err != nil {

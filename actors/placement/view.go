@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/voltage-ems/voltage/config"
+	"github.com/voltage-ems/voltage/messages"
 )
 
 // View is the cluster as Redis shows it (GET /api/cluster).
@@ -73,18 +74,18 @@ func Units(cl *config.Cluster, cfg *config.Config) []UnitView {
 }
 
 // ReadView reads the members' heartbeats and the units' leases.
-func ReadView(ctx context.Context, c redis.UniversalClient, cl *config.Cluster, cfg *config.Config) (*View, error) {
+func ReadView(ctx context.Context, c redis.UniversalClient, keys messages.Keys, cl *config.Cluster, cfg *config.Config) (*View, error) {
 	units := Units(cl, cfg)
 	pipe := c.Pipeline()
 	beats := make([]*redis.MapStringStringCmd, len(cl.Nodes))
 	for i := range cl.Nodes {
-		beats[i] = pipe.HGetAll(ctx, NodeKey(cl.Nodes[i].Name))
+		beats[i] = pipe.HGetAll(ctx, keys.Node(cl.Nodes[i].Name))
 	}
 	vals := make([]*redis.StringCmd, len(units))
 	ttls := make([]*redis.DurationCmd, len(units))
 	for i, u := range units {
-		vals[i] = pipe.Get(ctx, LeaseKey(u.Kind, u.ID))
-		ttls[i] = pipe.PTTL(ctx, LeaseKey(u.Kind, u.ID))
+		vals[i] = pipe.Get(ctx, keys.Lease(u.Kind, u.ID))
+		ttls[i] = pipe.PTTL(ctx, keys.Lease(u.Kind, u.ID))
 	}
 	cmds, err := pipe.Exec(ctx)
 	if err != nil {

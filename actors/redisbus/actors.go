@@ -79,7 +79,7 @@ func (a *SubscriberActor) Receive(ctx actor.Context) {
 		a.commands[m.ChannelID] = ctx.Sender()
 		ctx.Watch(ctx.Sender())
 		// Recorded by go-redis even if Redis is down now: subscribed on reconnect.
-		if err := a.sub.AddChannels(context.Background(), messages.ControlChannel(m.ChannelID)); err != nil {
+		if err := a.sub.AddChannels(context.Background(), a.sub.keys.Control(m.ChannelID)); err != nil {
 			ctx.Logger().Warn("subscribe to control channel (will retry on reconnect)", "channel", m.ChannelID, "err", err)
 		}
 	case *remoteCommand:
@@ -96,7 +96,7 @@ func (a *SubscriberActor) Receive(ctx actor.Context) {
 		for ch, pid := range a.commands {
 			if pid.Equal(m.Who) {
 				delete(a.commands, ch)
-				_ = a.sub.RemoveChannels(context.Background(), messages.ControlChannel(ch))
+				_ = a.sub.RemoveChannels(context.Background(), a.sub.keys.Control(ch))
 			}
 		}
 	case *remoteBatch:

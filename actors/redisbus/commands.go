@@ -13,11 +13,26 @@ import (
 // auditMaxLen caps the audit stream (approximately, as XADD MAXLEN ~ does).
 const auditMaxLen = 100000
 
-// commandEvent is an accepted command (res nil: audit only) or its result.
+// commandEvent is an accepted command (res nil: audit only), its result, or
+// a command refused before it was accepted (refused set).
 type commandEvent struct {
-	cmd messages.ControlCommand
-	res *messages.CommandResult
+	cmd     messages.ControlCommand
+	res     *messages.CommandResult
+	refused bool
 }
+
+// answerPending stores a duplicate's answer under cmd:result:{id} only
+// while that key holds the gateway's pending marker (a Redis that lost the
+// original result, where this node's dedupe store caught the duplicate): an
+// original final result is never replaced.
+var answerPending = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v and string.find(v, '"status":"pending"', 1, true) then
+  redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+  return 1
+end
+return 0
+`)
 
 // CommandAccepted queues the audit entry of a command the channel accepted
 // (it passed the idempotency check).
@@ -51,6 +66,15 @@ func (w *Writer) queueCommand(ev commandEvent) {
 	}
 }
 
+// CommandRefused queues the answer to a command refused before it was
+// accepted (a missing or bad signature): published on cmd:{ch}:result and
+// audited, but not stored under cmd:result:{id} (an unauthenticated
+// message must not take an id).
+func (w *Writer) CommandRefused(cmd *messages.ControlCommand, res *messages.CommandResult) {
+	r := *res
+	w.queueCommand(commandEvent{cmd: *cmd, res: &r, refused: true})
+}
+
 // DroppedCommandEvents counts results and audit entries lost to the bound.
 func (w *Writer) DroppedCommandEvents() int64 { return w.droppedResults.Load() }
 
@@ -70,25 +94,36 @@ func (w *Writer) flushCommands(ctx context.Context) error {
 		c := &ev.cmd
 		fields := []any{"event", "accepted", "id", c.ID, "node", w.opt.Node,
 			"point", c.Key().String(), "value", string(messages.AppendValue(nil, c.Value)),
-			"user", c.User, "source", c.Source, "command_ts", strconv.FormatInt(c.Timestamp, 10)}
+			"user", c.User, "source", c.Source, "command_ts", strconv.FormatInt(c.Timestamp, 10),
+			"signed", strconv.FormatBool(c.Signed != nil)}
 		if ev.res != nil {
 			b, err := json.Marshal(ev.res)
 			if err != nil { // cannot happen for these types; keep the audit trail anyway
 				b = []byte(`{"id":` + strconv.Quote(c.ID) + `,"status":"failed","error":"result not encodable"}`)
 			}
-			if ev.res.Status != messages.StatusDuplicate {
-				pipe.Set(ctx, messages.ResultKey(c.ID), b, messages.CommandTTL)
+			switch {
+			case ev.refused:
+			case ev.res.Status == messages.StatusDuplicate:
+				answerPending.Eval(ctx, pipe, []string{w.opt.Keys.Result(c.ID)}, b)
+			default:
+				pipe.Set(ctx, w.opt.Keys.Result(c.ID), b, messages.CommandTTL)
 			}
-			pipe.Publish(ctx, messages.ResultChannel(c.ChannelID), b)
+			pipe.Publish(ctx, w.opt.Keys.ResultChannel(c.ChannelID), b)
 			rb := ""
 			if ev.res.Readback != nil {
 				rb = string(messages.AppendValue(nil, *ev.res.Readback))
 			}
 			fields[1] = "result"
+			if ev.refused {
+				fields[1] = "refused"
+			}
 			fields = append(fields, "status", string(ev.res.Status), "readback", rb, "error", ev.res.Error,
 				"result_ts", strconv.FormatInt(ev.res.Timestamp, 10))
+			if ev.res.Reconciled {
+				fields = append(fields, "reconciled", "true")
+			}
 		}
-		pipe.XAdd(ctx, &redis.XAddArgs{Stream: messages.AuditStream, MaxLen: auditMaxLen, Approx: true, Values: fields})
+		pipe.XAdd(ctx, &redis.XAddArgs{Stream: w.opt.Keys.Audit(), MaxLen: auditMaxLen, Approx: true, Values: fields})
 	}
 	_, err := pipe.Exec(ctx)
 	if err != nil {
@@ -111,14 +146,16 @@ func (w *Writer) flushCommands(ctx context.Context) error {
 type Idempotency struct {
 	client redis.UniversalClient
 	node   string
+	keys   messages.Keys
 }
 
-// NewIdempotency uses client; node is stored as the marker's value.
-func NewIdempotency(client redis.UniversalClient, node string) *Idempotency {
-	return &Idempotency{client: client, node: node}
+// NewIdempotency uses client and the site's key names; node is stored as
+// the marker's value.
+func NewIdempotency(client redis.UniversalClient, node string, keys messages.Keys) *Idempotency {
+	return &Idempotency{client: client, node: node, keys: keys}
 }
 
 // MarkSeen reports whether id was not seen before (and marks it).
 func (s *Idempotency) MarkSeen(ctx context.Context, id string) (bool, error) {
-	return s.client.SetNX(ctx, messages.SeenKey(id), s.node, messages.CommandTTL).Result()
+	return s.client.SetNX(ctx, s.keys.Seen(id), s.node, messages.CommandTTL).Result()
 }

@@ -14,7 +14,7 @@ import (
 // the comsrv hashes: one HMGET per hash, all in one pipeline. A point Redis
 // has no value for comes back with Value NaN and Timestamp 0 (quality as
 // stored, or good when none).
-func ReadPoints(ctx context.Context, rdb redis.UniversalClient, keys []messages.PointKey) ([]messages.PointUpdate, error) {
+func ReadPoints(ctx context.Context, rdb redis.UniversalClient, names messages.Keys, keys []messages.PointKey) ([]messages.PointUpdate, error) {
 	out := make([]messages.PointUpdate, len(keys))
 	if len(keys) == 0 {
 		return out, nil
@@ -31,7 +31,7 @@ func ReadPoints(ctx context.Context, rdb redis.UniversalClient, keys []messages.
 		id := hashID{k.Channel, k.Type}
 		g := groups[id]
 		if g == nil {
-			g = &group{base: "comsrv:" + strconv.FormatUint(uint64(k.Channel), 10) + ":" + k.Type.String()}
+			g = &group{base: names.PointHash(k.Channel, k.Type)}
 			groups[id] = g
 			order = append(order, g)
 		}

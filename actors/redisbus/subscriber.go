@@ -2,8 +2,9 @@ package redisbus
 
 import (
 	"context"
-	"encoding/json"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,6 +21,7 @@ type Subscriber struct {
 	client  *redis.Client
 	ps      *redis.PubSub
 	node    string
+	keys    messages.Keys
 	deliver func([]messages.PointUpdate)
 	control func(*messages.ControlCommand)
 	log     *slog.Logger
@@ -34,9 +36,10 @@ type Subscriber struct {
 // maxBatch bounds one delivered batch.
 const maxBatch = 1000
 
-// NewSubscriber creates a subscriber with its own client built from ro.
-// deliver is called from the subscriber's goroutine; it must not keep the slice.
-func NewSubscriber(ro *redis.Options, node string, deliver func([]messages.PointUpdate), log *slog.Logger, m *Metrics) *Subscriber {
+// NewSubscriber creates a subscriber with its own client built from ro,
+// listening on the site's channels (keys). deliver is called from the
+// subscriber's goroutine; it must not keep the slice.
+func NewSubscriber(ro *redis.Options, node string, keys messages.Keys, deliver func([]messages.PointUpdate), log *slog.Logger, m *Metrics) *Subscriber {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -45,7 +48,7 @@ func NewSubscriber(ro *redis.Options, node string, deliver func([]messages.Point
 	}
 	c := *ro
 	client := redis.NewClient(&c)
-	return &Subscriber{client: client, ps: client.Subscribe(context.Background()), node: node, deliver: deliver,
+	return &Subscriber{client: client, ps: client.Subscribe(context.Background()), node: node, keys: keys, deliver: deliver,
 		log: log, m: m, done: make(chan struct{}), ready: make(chan struct{})}
 }
 
@@ -94,7 +97,7 @@ func (s *Subscriber) loop(ctx context.Context) {
 	// Subscribe with a confirmation so Ready means "receiving"; retry while
 	// Redis is not there yet.
 	for {
-		err := ps.Subscribe(ctx, UpdateChannel)
+		err := ps.Subscribe(ctx, s.keys.Updates())
 		if err == nil {
 			if _, err = ps.Receive(ctx); err == nil {
 				break
@@ -142,7 +145,7 @@ func (s *Subscriber) add(batch []messages.PointUpdate, msg *redis.Message) []mes
 	if msg == nil {
 		return batch
 	}
-	if msg.Channel != UpdateChannel {
+	if msg.Channel != s.keys.Updates() {
 		s.command(msg)
 		return batch
 	}
@@ -159,16 +162,42 @@ func (s *Subscriber) add(batch []messages.PointUpdate, msg *redis.Message) []mes
 	return append(batch, u)
 }
 
-// command decodes a control command; validation is left to the channel,
-// which answers invalid commands with a rejected result.
+// command decodes a control command (signed envelope or bare); checking
+// the signature and validation are left to the channel, which answers bad
+// commands with a rejected result. A command whose channel_id is not the
+// channel it was published on is dropped: it is routed by where it was
+// published, never by what its payload claims.
 func (s *Subscriber) command(msg *redis.Message) {
-	var cmd messages.ControlCommand
-	if err := json.Unmarshal([]byte(msg.Payload), &cmd); err != nil {
+	ch, ok := s.controlChannelID(msg.Channel)
+	if !ok {
+		return
+	}
+	cmd, err := messages.DecodeCommand([]byte(msg.Payload))
+	if err != nil {
 		s.m.ReceiveErrors.Inc()
 		s.log.Warn("redis subscriber: undecodable control command dropped", "channel", msg.Channel, "err", err)
 		return
 	}
-	if s.control != nil {
-		s.control(&cmd)
+	if cmd.ChannelID != ch {
+		s.m.ReceiveErrors.Inc()
+		s.log.Warn("redis subscriber: control command for another channel dropped", "channel", msg.Channel, "channel_id", cmd.ChannelID, "id", cmd.ID)
+		return
 	}
+	if s.control != nil {
+		s.control(cmd)
+	}
+}
+
+// controlChannelID parses {prefix}cmd:{ch}:control.
+func (s *Subscriber) controlChannelID(name string) (uint32, bool) {
+	rest, ok := strings.CutPrefix(name, s.keys.Name("cmd:"))
+	if !ok {
+		return 0, false
+	}
+	id, ok := strings.CutSuffix(rest, ":control")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(id, 10, 32)
+	return uint32(n), err == nil
 }

@@ -33,7 +33,7 @@ func TestSubscriberActorFansOut(t *testing.T) {
 		}))
 	}
 	sub := sys.Root.Spawn(actor.PropsFromProducer(NewSubscriberActor(func(deliver func([]messages.PointUpdate)) *Subscriber {
-		s := NewSubscriber(ro, "me", deliver, nil, nil)
+		s := NewSubscriber(ro, "me", messages.Keys{}, deliver, nil, nil)
 		go func() { <-s.Ready(); close(ready) }()
 		return s
 	})))

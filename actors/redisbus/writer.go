@@ -16,12 +16,14 @@ import (
 	"github.com/voltage-ems/voltage/messages"
 )
 
-// UpdateChannel is the Redis channel of point updates.
+// UpdateChannel is the contract's Redis channel of point updates (without
+// a site prefix; see messages.Keys).
 const UpdateChannel = "point:update"
 
 // WriterOptions tune the writer. Zero values take the contract defaults.
 type WriterOptions struct {
 	Node          string        // stamped on nothing; kept for logs
+	Keys          messages.Keys // the site's key names (redis.prefix)
 	FlushInterval time.Duration // default 20 ms
 	FlushUpdates  int           // flush when this many updates are queued; default 1000
 	MaxQueue      int           // queued updates before coalescing to newest-per-point; default 100000
@@ -93,7 +95,7 @@ func NewWriter(ro *redis.Options, opt WriterOptions) *Writer {
 		dirty: make(map[messages.PointKey]struct{}),
 		kick:  make(chan struct{}, 1),
 		done:  make(chan struct{}),
-		enc:   newEncoder(),
+		enc:   newEncoder(opt.Keys),
 	}
 	ro = cloneOptions(ro)
 	prev := ro.OnConnect
@@ -361,7 +363,7 @@ func (w *Writer) writeChunk(ctx context.Context, pubs, hashOnly []messages.Point
 	}
 	e.flushHashes(ctx, pipe) // HSET before PUBLISH: a subscriber reading the hash sees the new value
 	for i := range pubs {
-		pipe.Publish(ctx, UpdateChannel, e.json(&pubs[i]))
+		pipe.Publish(ctx, e.names.Updates(), e.json(&pubs[i]))
 	}
 	cmds, err := pipe.Exec(ctx)
 	if err == nil {
@@ -392,6 +394,7 @@ func sortByTime(us []messages.PointUpdate) {
 // encoder builds pipeline arguments in one reusable byte arena; strings handed
 // to go-redis point into it and stay valid until the next reset (after Exec).
 type encoder struct {
+	names  messages.Keys
 	arena  []byte
 	groups map[hashID]*hashGroup
 	order  []*hashGroup
@@ -408,8 +411,8 @@ type hashGroup struct {
 	values, ts, quals []any
 }
 
-func newEncoder() encoder {
-	return encoder{groups: map[hashID]*hashGroup{}, keys: map[hashID][3]string{}}
+func newEncoder(names messages.Keys) encoder {
+	return encoder{names: names, groups: map[hashID]*hashGroup{}, keys: map[hashID][3]string{}}
 }
 
 func (e *encoder) reset() {
@@ -473,7 +476,7 @@ func (e *encoder) flushHashes(ctx context.Context, pipe redis.Pipeliner) {
 func (e *encoder) hashKeys(id hashID) [3]string {
 	k, ok := e.keys[id]
 	if !ok {
-		base := "comsrv:" + strconv.FormatUint(uint64(id.ch), 10) + ":" + id.t.String()
+		base := e.names.PointHash(id.ch, id.t)
 		k = [3]string{base, base + ":ts", base + ":q"}
 		e.keys[id] = k
 	}

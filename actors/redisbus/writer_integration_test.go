@@ -196,7 +196,7 @@ func TestSubscriberDropsOwnNode(t *testing.T) {
 	ro, _ := redis.ParseURL(r.URL())
 	var mu sync.Mutex
 	var got []messages.PointUpdate
-	s := NewSubscriber(ro, "me", func(us []messages.PointUpdate) {
+	s := NewSubscriber(ro, "me", messages.Keys{}, func(us []messages.PointUpdate) {
 		mu.Lock()
 		got = append(got, us...)
 		mu.Unlock()

@@ -108,7 +108,7 @@ func Start(r *testenv.Redis, load Load) (*Node, error) {
 	if load.Sessions {
 		rdb := redis.NewClient(ro)
 		read := func(keys []messages.PointKey) ([]messages.PointUpdate, error) {
-			return redisbus.ReadPoints(context.Background(), rdb, keys)
+			return redisbus.ReadPoints(context.Background(), rdb, messages.Keys{}, keys)
 		}
 		children = append(children, node.Child{Name: "sessions", Props: session.NewHubProps(known, read, strategy)})
 	}

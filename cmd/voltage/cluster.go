@@ -50,6 +50,7 @@ func channelsProps(placed bool, chans []acquisition.Options, strategy actor.Supe
 // that lost the channel (a stall, a partition) never writes a command.
 type fencedSeen struct {
 	c     redis.UniversalClient
+	keys  messages.Keys
 	node  string
 	lease *placement.Lease
 }
@@ -58,7 +59,7 @@ func (f fencedSeen) MarkSeen(ctx context.Context, id string) (bool, error) {
 	if !f.lease.Valid() {
 		return false, acquisition.ErrNotOwner
 	}
-	first, err := placement.Fence(ctx, f.c, f.lease.Kind, f.lease.ID, f.lease.Value(), messages.SeenKey(id), f.node, messages.CommandTTL)
+	first, err := placement.Fence(ctx, f.c, f.keys, f.lease.Kind, f.lease.ID, f.lease.Value(), f.keys.Seen(id), f.node, messages.CommandTTL)
 	if errors.Is(err, placement.ErrNotOwner) {
 		return false, acquisition.ErrNotOwner
 	}
@@ -84,7 +85,7 @@ func (n *nodeRun) startPlacement(p *placedParts, member *cluster.Cluster) *place
 		units = append(units, placement.Unit{Kind: placement.KindChannel, ID: strconv.FormatUint(uint64(id), 10), Eligible: pl.Eligible,
 			Start: func(l *placement.Lease) error {
 				return ask(p.channels, &acquisition.StartChannel{ID: id, Guard: l.Valid,
-					Seen: fencedSeen{c: p.redis, node: me, lease: l}})
+					Seen: fencedSeen{c: p.redis, keys: n.keys, node: me, lease: l}})
 			},
 			Stop: func() { _ = ask(p.channels, &acquisition.StopChannel{ID: id}) },
 		})
@@ -120,7 +121,7 @@ func (n *nodeRun) startPlacement(p *placedParts, member *cluster.Cluster) *place
 	self := cl.Node(me)
 	started := time.Now().UnixMilli()
 	pc := placement.New(placement.Options{
-		Leases: &placement.Leases{C: p.redis, Node: me, TTL: cl.LeaseTTL},
+		Leases: &placement.Leases{C: p.redis, Keys: n.keys, Node: me, TTL: cl.LeaseTTL},
 		Nodes:  cl.NodeNames(), Units: units, Log: n.log.With("component", "placement"),
 		Members: func() map[string]bool { return placement.Alive(member, cl) },
 		Beat: func() map[string]any {
@@ -142,7 +143,7 @@ func (n *nodeRun) clusterView(c *redis.Client, system *actor.ActorSystem) func(c
 		return nil
 	}
 	return func(ctx context.Context) (any, error) {
-		v, err := placement.ReadView(ctx, c, n.cluster, n.cfg)
+		v, err := placement.ReadView(ctx, c, n.keys, n.cluster, n.cfg)
 		if err != nil {
 			return nil, err
 		}
@@ -212,7 +213,7 @@ func (n *nodeRun) startMember(system *actor.ActorSystem) (c *cluster.Cluster, er
 // running here), returned when nobody runs the channel or the owner does
 // not answer.
 func (n *nodeRun) remoteStatus(ctx context.Context, system *actor.ActorSystem, c *redis.Client, st *messages.ChannelStatus) *messages.ChannelStatus {
-	v, err := c.Get(ctx, placement.LeaseKey(placement.KindChannel, strconv.FormatUint(uint64(st.ID), 10))).Result()
+	v, err := c.Get(ctx, n.keys.Lease(placement.KindChannel, strconv.FormatUint(uint64(st.ID), 10))).Result()
 	if err != nil {
 		st.LastError = "not running on this node; no node holds its lease"
 		return st
@@ -237,7 +238,7 @@ func (n *nodeRun) remoteStatus(ctx context.Context, system *actor.ActorSystem, c
 // this node's live sessions, batched like the local ones: in a cluster the
 // alarm group runs on one node, and every node's dashboard shows its events.
 func (n *nodeRun) forwardAlarmEvents(ctx context.Context, c *redis.Client, send func([]alarm.Event)) {
-	ps := c.Subscribe(ctx, alarm.EventChannel)
+	ps := c.Subscribe(ctx, n.keys.AlarmEvent())
 	n.onStop("alarm event forwarder", func() { _ = ps.Close() })
 	msgs := ps.Channel(redis.WithChannelSize(10000))
 	go func() {
@@ -280,7 +281,7 @@ type clusterAlarms struct {
 }
 
 func (a *clusterAlarms) do(ctx context.Context, req *messages.AlarmActionRequest, local func() (alarm.State, error)) (alarm.State, error) {
-	v, err := a.redis.Get(ctx, placement.LeaseKey(placement.KindAlarms, "group")).Result()
+	v, err := a.redis.Get(ctx, a.n.keys.Lease(placement.KindAlarms, "group")).Result()
 	if err != nil {
 		return alarm.State{}, fmt.Errorf("%w (no node runs the alarm group now)", alarm.ErrNotReady)
 	}

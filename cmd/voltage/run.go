@@ -101,6 +101,7 @@ type nodeRun struct {
 	log      *slog.Logger
 	actorLog *slog.Logger
 	simulate bool
+	keys     messages.Keys // the site's Redis names (redis.prefix)
 	stops    []func()
 }
 
@@ -131,6 +132,16 @@ func (n *nodeRun) stopAll() {
 func (n *nodeRun) run(ctx context.Context) error {
 	defer n.stopAll()
 	cfg, log := n.cfg, n.log
+	keys := messages.NewKeys(cfg.Redis.Prefix)
+	n.keys = keys
+	cmdKey := messages.NewCommandKey(cfg.Auth.CommandKey, cfg.Auth.CommandKeyPrevious)
+	if cmdKey == nil {
+		log.Warn("auth.command_key is not set: commands on the Redis bus are not authenticated " +
+			"(anyone who can PUBLISH on cmd:{channel}:control writes to the devices)")
+	}
+	if keys.Prefix() != "" {
+		log.Info("redis keys and channels prefixed (redis.prefix)", "prefix", keys.Prefix())
+	}
 	// go-redis reports pool dial failures through its own logger, twice a
 	// second per client while Redis is down; our writer already warns with
 	// backoff, so keep go-redis's at debug.
@@ -199,7 +210,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 				supervisor.Observers(stats, sm.Kind(kind), supervisor.Log(log)))
 		}
 		bm := redisbus.NewMetrics(reg, func() float64 { return float64(writer.QueueDepth()) })
-		writer = redisbus.NewWriter(ro, redisbus.WriterOptions{Node: cfg.Node.Name, Log: log.With("component", "redis-writer"), Metrics: bm})
+		writer = redisbus.NewWriter(ro, redisbus.WriterOptions{Node: cfg.Node.Name, Keys: keys, Log: log.With("component", "redis-writer"), Metrics: bm})
 		// Local consumers (live sessions) get this node's updates directly,
 		// batched every 20 ms (the L1 path); other nodes' come through the
 		// Redis subscriber.
@@ -227,11 +238,11 @@ func (n *nodeRun) run(ctx context.Context) error {
 		n.onStop("alarm redis client", func() { _ = alarmRedis.Close() })
 		var alarmStore *alarm.Store
 		alarmMetrics := alarm.NewMetrics(reg, func() float64 { return float64(alarmStore.Queued()) })
-		alarmStore = alarm.NewStore(alarmRedis, alarm.StoreOptions{Node: cfg.Node.Name, Log: log.With("component", "alarm-store"), Metrics: alarmMetrics})
+		alarmStore = alarm.NewStore(alarmRedis, alarm.StoreOptions{Node: cfg.Node.Name, Keys: keys, Log: log.With("component", "alarm-store"), Metrics: alarmMetrics})
 		n.onStop("alarm store", func() { alarmStore.Stop(5 * time.Second) })
 		nlog := log.With("component", "alarm-notify")
 		notifier := notify.New(notify.Options{Log: nlog, Metrics: notify.NewMetrics(reg)})
-		n.requeueWebhooks(notifier, alarmRedis, nlog)
+		n.requeueWebhooks(notifier, alarmRedis, keys, nlog)
 		n.onStop("alarm webhooks", func() {
 			// Stop waits for queued deliveries: keep it short at shutdown.
 			// What is left is kept in Redis for the next run.
@@ -240,10 +251,10 @@ func (n *nodeRun) run(ctx context.Context) error {
 			if und := notifier.Stop(sctx); len(und) > 0 {
 				kctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 				defer cancel()
-				if err := notify.Keep(kctx, alarmRedis, cfg.Node.Name, und); err != nil {
+				if err := notify.Keep(kctx, alarmRedis, keys.NotifyPending(cfg.Node.Name), und); err != nil {
 					nlog.Error("undelivered webhook events lost: cannot keep them in redis", "events", len(und), "err", err)
 				} else {
-					nlog.Info("undelivered webhook events kept in redis for the next run", "events", len(und), "key", notify.PendingKey(cfg.Node.Name))
+					nlog.Info("undelivered webhook events kept in redis for the next run", "events", len(und), "key", keys.NotifyPending(cfg.Node.Name))
 				}
 			}
 		})
@@ -253,13 +264,15 @@ func (n *nodeRun) run(ctx context.Context) error {
 				known = append(known, cfg.Channels[i].Points[j].Key(cfg.Channels[i].ID))
 			}
 		}
+		names := keys
 		readPoints := func(keys []messages.PointKey) ([]messages.PointUpdate, error) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
-			return redisbus.ReadPoints(ctx, api, keys)
+			return redisbus.ReadPoints(ctx, api, names, keys)
 		}
 		am := acquisition.NewMetrics(reg)
-		seen := redisbus.NewIdempotency(api, cfg.Node.Name)
+		seen := redisbus.NewIdempotency(api, cfg.Node.Name, keys)
+		var commandSink acquisition.CommandSink = writer
 		dispatcher := node.NewPoolDispatcher(2*runtime.GOMAXPROCS(0), 300)
 		policy := supervisor.DefaultPolicy()
 		var chans []acquisition.Options
@@ -271,7 +284,8 @@ func (n *nodeRun) run(ctx context.Context) error {
 			chans = append(chans, acquisition.Options{
 				Channel: ch, Node: cfg.Node.Name, Sink: sink, Log: log, Metrics: am,
 				Supervisor: strategy("point"), Dispatcher: dispatcher,
-				CommandSource: system.NewLocalPID("voltage/redis-subscriber"), Seen: seen, Commands: writer,
+				CommandSource: system.NewLocalPID("voltage/redis-subscriber"), Seen: seen, Commands: commandSink,
+				CommandKey: cmdKey,
 				Restarts: stats.Under,
 				ReconnectDelay: func(k int) time.Duration {
 					return policy.Delay(k, rand.Float64())
@@ -279,7 +293,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 			})
 		}
 		subProps := actor.PropsFromProducer(redisbus.NewSubscriberActor(func(deliver func([]messages.PointUpdate)) *redisbus.Subscriber {
-			return redisbus.NewSubscriber(ro, cfg.Node.Name, deliver, log.With("component", "redis-subscriber"), bm)
+			return redisbus.NewSubscriber(ro, cfg.Node.Name, keys, deliver, log.With("component", "redis-subscriber"), bm)
 		}))
 		root := node.NewRootProps([]node.Child{
 			{Name: "redis-writer", Props: actor.PropsFromProducer(func() actor.Actor { return &redisbus.WriterActor{W: writer} })},
@@ -287,7 +301,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 			{Name: "history", Props: actor.PropsFromProducer(func() actor.Actor { return &history.WriterActor{W: hist} })},
 			{Name: "sessions", Props: session.NewHubProps(known, readPoints, strategy("session"))},
 			{Name: "dag", Placed: n.cluster != nil, Props: dag.NewProps(dag.Options{Config: cfg, Node: cfg.Node.Name, Sink: outputs,
-				Store: dag.RedisStateStore{Client: api}, Log: log.With("component", "dag"),
+				Store: dag.RedisStateStore{Client: api, Keys: keys}, Log: log.With("component", "dag"),
 				Supervisor: strategy("computation"), OnWave: dagMetrics(reg)}, stats.For)},
 			{Name: "alarms", Placed: n.cluster != nil, Props: alarm.NewProps(alarm.Options{Config: cfg, Node: cfg.Node.Name,
 				Redis: alarmRedis, Store: alarmStore, Notifier: notifier, Metrics: alarmMetrics,
@@ -365,7 +379,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 
 	if err := n.step("http", func() error {
 		h := web.NewHandler(web.Deps{
-			Config: cfg, Redis: api, Gatherer: reg, Version: version, Log: log.With("component", "http"), Context: ctx,
+			Config: cfg, Redis: api, Keys: keys, CommandKey: cmdKey, Gatherer: reg, Version: version, Log: log.With("component", "http"), Context: ctx,
 			Sessions: sessions, History: store, Computations: computations, Alarms: alarmActions, Cluster: n.clusterView(api, system),
 			Status: func(ctx context.Context, id uint32) (*messages.ChannelStatus, error) {
 				res, err := system.Root.RequestFuture(channels, &messages.GetChannelStatus{ChannelID: id}, time.Second).Result()
@@ -422,7 +436,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 
 // requeueWebhooks queues again the webhook events the previous run could
 // not deliver (kept in Redis at its shutdown).
-func (n *nodeRun) requeueWebhooks(nt *notify.Notifier, c *redis.Client, log *slog.Logger) {
+func (n *nodeRun) requeueWebhooks(nt *notify.Notifier, c *redis.Client, keys messages.Keys, log *slog.Logger) {
 	var urls []string
 	for i := range n.cfg.Alarms {
 		urls = append(urls, n.cfg.Alarms[i].Notify...)
@@ -432,7 +446,7 @@ func (n *nodeRun) requeueWebhooks(nt *notify.Notifier, c *redis.Client, log *slo
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	evs, dropped, err := notify.TakeKept(ctx, c, n.cfg.Node.Name, urls)
+	evs, dropped, err := notify.TakeKept(ctx, c, keys.NotifyPending(n.cfg.Node.Name), urls)
 	if err != nil {
 		log.Warn("webhook events kept by the previous run not read (they stay in redis for the next start)", "err", err)
 		return
@@ -487,11 +501,11 @@ func (n *nodeRun) history(reg prometheus.Registerer) (*history.Writer, history.S
 // one when redis.url is empty.
 func (n *nodeRun) redis() (*redis.Options, error) {
 	if n.cfg.Redis.URL != "" {
-		ro, err := redis.ParseURL(n.cfg.Redis.URL)
+		ro, err := redisOptions(&n.cfg.Redis)
 		if err != nil {
-			return nil, fmt.Errorf("redis.url: %w", err)
+			return nil, err
 		}
-		n.log.Info("using redis", "addr", ro.Addr, "db", ro.DB)
+		n.log.Info("using redis", "addr", ro.Addr, "db", ro.DB, "user", ro.Username, "tls", ro.TLSConfig != nil)
 		return ro, nil
 	}
 	m := miniredis.NewMiniRedis()

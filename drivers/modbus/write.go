@@ -2,8 +2,11 @@ package modbus
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 
+	"github.com/voltage-ems/voltage/config"
 	"github.com/voltage-ems/voltage/drivers"
 )
 
@@ -94,25 +97,88 @@ func (d *Driver) Write(ctx context.Context, index int, value float64) (float64, 
 	}
 	if err != nil {
 		d.afterWriteError(err)
+		if mayHaveArrived(err) {
+			err = fmt.Errorf("%w: %w", drivers.ErrOutcomeUnknown, err)
+		}
 		return 0, fail(functionName(writeFunction(fc, len(d.wbuf)/2)), addr, err)
 	}
-	// Read back.
+	// Read back. The device acknowledged the write: a read-back that fails
+	// leaves the outcome unknown (the channel reads it again later).
+	v, err := d.readPoint(p, c)
+	if err != nil {
+		return 0, fail("read back", addr, fmt.Errorf("%w: write acknowledged, %w", drivers.ErrOutcomeUnknown, err))
+	}
+	return v, nil
+}
+
+// ReadPoint reads the point at index alone (the matching read of a c or a
+// point: coils for 5/15, holding registers for 6/16) and returns its
+// engineering value: how the channel reconciles a write whose outcome was
+// unknown.
+func (d *Driver) ReadPoint(ctx context.Context, index int) (float64, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.init(); err != nil {
+		return 0, err
+	}
+	if index < 0 || index >= len(d.ch.Points) {
+		return 0, fmt.Errorf("channel %d: read: no point at index %d", d.ch.ID, index)
+	}
+	p := &d.ch.Points[index]
+	if d.client == nil {
+		return 0, fmt.Errorf("channel %d slave %d: point %d: read: %w", d.ch.ID, p.SlaveID, p.ID, errNotConnected)
+	}
+	if err := drivers.Proceed(ctx); err != nil {
+		return 0, err
+	}
+	setSlave(d.handler, p.SlaveID)
+	v, err := d.readPoint(p, &d.codecs[index])
+	if err != nil {
+		return 0, fmt.Errorf("channel %d slave %d: point %d: read at %d: %w", d.ch.ID, p.SlaveID, p.ID, p.Address, err)
+	}
+	return v, nil
+}
+
+// readPoint reads one point with the read function matching its function
+// code and decodes it.
+func (d *Driver) readPoint(p *config.Point, c *Codec) (float64, error) {
 	rfc, _ := ReadFunction(p.FunctionCode)
 	var data []byte
-	if c.IsBit() {
-		data, err = d.client.ReadCoils(addr, 1)
-	} else {
-		data, err = d.client.ReadHoldingRegisters(addr, uint16(c.Registers()))
+	var err error
+	switch rfc {
+	case 1:
+		data, err = d.client.ReadCoils(p.Address, 1)
+	case 2:
+		data, err = d.client.ReadDiscreteInputs(p.Address, 1)
+	case 4:
+		data, err = d.client.ReadInputRegisters(p.Address, uint16(c.Registers()))
+	default:
+		data, err = d.client.ReadHoldingRegisters(p.Address, uint16(c.Registers()))
 	}
 	if err != nil {
 		d.afterWriteError(err)
-		return 0, fail("read back "+functionName(rfc), addr, err)
+		return 0, fmt.Errorf("%s: %w", functionName(rfc), err)
 	}
 	v, err := c.Decode(data)
 	if err != nil {
-		return 0, fail("read back "+functionName(rfc), addr, err)
+		return 0, fmt.Errorf("%s: %w", functionName(rfc), err)
 	}
 	return v, nil
+}
+
+// mayHaveArrived reports whether a failed request may have reached the
+// device: it was sent and then no (valid) answer came. A failed dial or
+// write never sent it; an exception is the device's own answer.
+func mayHaveArrived(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && (op.Op == "dial" || op.Op == "write") {
+		return false
+	}
+	switch classify(err) {
+	case errException, errSlaveGone:
+		return false
+	}
+	return !errors.Is(err, errNotConnected)
 }
 
 // writeFunction is the function code used to write n registers for a

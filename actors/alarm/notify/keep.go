@@ -11,7 +11,8 @@ import (
 )
 
 // PendingKey is the Redis list where a node keeps the webhook events it
-// could not deliver before it stopped, for its next run.
+// could not deliver before it stopped, for its next run (the contract's
+// name, without a site prefix: messages.Keys.NotifyPending has it).
 func PendingKey(node string) string { return "alarm:notify:pending:" + node }
 
 // kept is one undelivered event in Redis. The URL is stored as its SHA-256
@@ -28,8 +29,8 @@ func urlHash(u string) string {
 	return hex.EncodeToString(h[:])
 }
 
-// Keep appends the undelivered events to the node's pending list.
-func Keep(ctx context.Context, c redis.UniversalClient, node string, evs []Undelivered) error {
+// Keep appends the undelivered events to the node's pending list key.
+func Keep(ctx context.Context, c redis.UniversalClient, key string, evs []Undelivered) error {
 	if len(evs) == 0 {
 		return nil
 	}
@@ -41,17 +42,17 @@ func Keep(ctx context.Context, c redis.UniversalClient, node string, evs []Undel
 		}
 		args = append(args, b)
 	}
-	return c.RPush(ctx, PendingKey(node), args...).Err()
+	return c.RPush(ctx, key, args...).Err()
 }
 
 // TakeKept reads and removes the node's pending list and returns its events
 // for the configured urls, in order; dropped counts those whose URL is no
 // longer configured.
-func TakeKept(ctx context.Context, c redis.UniversalClient, node string, urls []string) (evs []Undelivered, dropped int, err error) {
+func TakeKept(ctx context.Context, c redis.UniversalClient, key string, urls []string) (evs []Undelivered, dropped int, err error) {
 	var lr *redis.StringSliceCmd
 	if _, err := c.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		lr = p.LRange(ctx, PendingKey(node), 0, -1)
-		p.Del(ctx, PendingKey(node))
+		lr = p.LRange(ctx, key, 0, -1)
+		p.Del(ctx, key)
 		return nil
 	}); err != nil {
 		return nil, 0, err

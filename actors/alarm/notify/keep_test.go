@@ -43,7 +43,7 @@ func TestUndeliveredKeptForTheNextRun(t *testing.T) {
 	if strings.Join(ids, " ") != "pcs1:1 pcs1:2 pcs1:3 old:1" {
 		t.Fatalf("undelivered %v", ids)
 	}
-	if err := Keep(ctx, c, "n1", und); err != nil {
+	if err := Keep(ctx, c, PendingKey("n1"), und); err != nil {
 		t.Fatal(err)
 	}
 	raw, _ := c.LRange(ctx, PendingKey("n1"), 0, -1).Result()
@@ -51,7 +51,7 @@ func TestUndeliveredKeptForTheNextRun(t *testing.T) {
 		t.Fatalf("kept in redis: %v", raw)
 	}
 
-	back, dropped, err := TakeKept(ctx, c, "n1", []string{down})
+	back, dropped, err := TakeKept(ctx, c, PendingKey("n1"), []string{down})
 	if err != nil || dropped != 1 || len(back) != 3 || back[0].URL != down || string(back[2].Body) != string(eventBody("pcs1:3")) {
 		t.Fatalf("taken back: %+v dropped %d err %v", back, dropped, err)
 	}
