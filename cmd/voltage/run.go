@@ -286,7 +286,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 				Supervisor: strategy("point"), Dispatcher: dispatcher,
 				CommandSource: system.NewLocalPID("voltage/redis-subscriber"), Seen: seen, Commands: commandSink,
 				CommandKey: cmdKey,
-				Restarts: stats.Under,
+				Restarts:   stats.Under,
 				ReconnectDelay: func(k int) time.Duration {
 					return policy.Delay(k, rand.Float64())
 				},
