@@ -87,6 +87,18 @@ func viewOf(r *alarm.Rule, st alarm.State, now int64) alarmView {
 	return v
 }
 
+// errAlarmStatesMissing: Redis holds no state for some rules.
+var errAlarmStatesMissing = errors.New("redis holds no state for these alarms (it lost them, or the alarm group has not written them yet; they are written again within a second of redis coming back)")
+
+// alarmReadError answers a failed read of alarm states.
+func alarmReadError(c *gin.Context, err error) {
+	if errors.Is(err, errAlarmStatesMissing) {
+		abort(c, http.StatusServiceUnavailable, "alarm_states_missing", err.Error())
+		return
+	}
+	abort(c, http.StatusServiceUnavailable, "redis_unavailable", "reading alarms from redis: "+err.Error())
+}
+
 // readAlarms reads the states of rules from Redis.
 func readAlarms(ctx context.Context, rdb redis.UniversalClient, keys messages.Keys, rules []*alarm.Rule) ([]alarm.State, error) {
 	cmds := make([]*redis.MapStringStringCmd, len(rules))
@@ -99,6 +111,21 @@ func readAlarms(ctx context.Context, rdb redis.UniversalClient, keys messages.Ke
 		return nil, err
 	}
 	out := make([]alarm.State, len(rules))
+	var missing []string
+	for i := range cmds {
+		if len(cmds[i].Val()) == 0 {
+			missing = append(missing, rules[i].ID)
+		}
+	}
+	if len(missing) > 0 {
+		// The alarm store writes every rule's hash: a missing one is a
+		// Redis that lost the states (restarted empty) before the store
+		// wrote them again. Never show such an alarm as normal.
+		if len(missing) > 5 {
+			missing = append(missing[:5], fmt.Sprintf("and %d more", len(missing)-5))
+		}
+		return nil, fmt.Errorf("%w: %s", errAlarmStatesMissing, strings.Join(missing, ", "))
+	}
 	for i := range cmds {
 		st, err := alarm.ParseState(cmds[i].Val())
 		if err != nil {
@@ -137,7 +164,7 @@ func (s *server) listAlarms(c *gin.Context) {
 	}
 	states, err := readAlarms(c.Request.Context(), s.d.Redis, s.d.Keys, rules)
 	if err != nil {
-		abort(c, http.StatusServiceUnavailable, "redis_unavailable", "reading alarms from redis: "+err.Error())
+		alarmReadError(c, err)
 		return
 	}
 	now := time.Now().UnixMilli()
@@ -179,7 +206,7 @@ func (s *server) getAlarm(c *gin.Context) {
 	}
 	states, err := readAlarms(c.Request.Context(), s.d.Redis, s.d.Keys, []*alarm.Rule{r})
 	if err != nil {
-		abort(c, http.StatusServiceUnavailable, "redis_unavailable", "reading alarm from redis: "+err.Error())
+		alarmReadError(c, err)
 		return
 	}
 	c.JSON(http.StatusOK, viewOf(r, states[0], time.Now().UnixMilli()))

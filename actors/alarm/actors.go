@@ -163,7 +163,11 @@ func (m *Manager) start(ctx actor.Context) {
 		policy := supervisor.DefaultPolicy()
 		for attempt := 1; ; attempt++ {
 			c, done := context.WithTimeout(lctx, 5*time.Second)
-			states, bad, err := Load(c, m.opt.Redis, m.opt.Store.opt.Keys, ids)
+			var keys messages.Keys
+			if m.opt.Store != nil {
+				keys = m.opt.Store.opt.Keys
+			}
+			states, bad, err := Load(c, m.opt.Redis, keys, ids)
 			done()
 			if err == nil {
 				if m.opt.Store != nil {

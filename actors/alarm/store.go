@@ -99,17 +99,29 @@ func NewStore(c redis.UniversalClient, opt StoreOptions) *Store {
 	return s
 }
 
-// Seed gives the store the states loaded at start, so that it can write
-// them all again into a Redis that lost them; the first flush checks.
+// Seed gives the store the states loaded at start (every rule's, normal
+// when Redis had none) and writes them all at the first flush: every rule
+// has its hash in Redis, so a missing hash always means a Redis that lost
+// the states (the API then says so instead of showing normal), and the
+// store can write them all again into such a Redis.
 func (s *Store) Seed(states map[string]State) {
 	s.mu.Lock()
 	for id, st := range states { // fresh from Redis: newer than what this store saw (in a cluster, another node ran them)
 		cp := st
 		s.all[id] = &cp
+		if _, newer := s.states[id]; !newer {
+			s.states[id] = &cp
+		}
 	}
 	s.mu.Unlock()
 	s.wake()
 }
+
+// Resync makes the next flush, at once, check whether Redis still holds the
+// alarm states and write them all again if not. The node calls it when its
+// point writer found a Redis that lost its data, so the alarm states come
+// back at the same moment as the point hashes.
+func (s *Store) Resync() { s.wake() } // every flush checks the marker
 
 func (s *Store) wake() {
 	select {
@@ -220,9 +232,9 @@ const flushBatch = 500
 func (s *Store) flush(ctx context.Context) (more bool, err error) {
 	s.mu.Lock()
 	if s.full {
-		// Rewrite every state of a rule that was ever raised, batch by batch.
+		// Rewrite every rule's state, batch by batch.
 		for id, st := range s.all {
-			if _, dirty := s.states[id]; !dirty && (st.Seq > 0 || st.Active()) {
+			if _, dirty := s.states[id]; !dirty {
 				s.states[id] = st
 			}
 		}
@@ -299,16 +311,11 @@ func (s *Store) flush(ctx context.Context) (more bool, err error) {
 		return true, err
 	}
 	// A marker that is not ours: on the first check, a previous run of this
-	// node (Redis kept its data: nothing to do) unless it is missing; later,
-	// Redis lost it (restarted empty) or another store took over.
-	if v := marker.Val(); v != s.token && (s.checked || v == "") {
-		rewrite := 0
-		for _, st := range s.all {
-			if st.Seq > 0 || st.Active() {
-				rewrite++
-			}
-		}
-		if rewrite > 0 {
+	// node or nothing (the states loaded at start are being written by
+	// Seed: nothing more to do); later, Redis lost it (restarted empty) or
+	// another store took over.
+	if v := marker.Val(); v != s.token && s.checked {
+		if rewrite := len(s.all); rewrite > 0 {
 			s.opt.Log.Warn("alarm store: redis lost the alarm states (restarted empty?), writing them again", "rules", rewrite)
 			s.full = true
 		}

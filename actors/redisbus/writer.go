@@ -32,6 +32,10 @@ type WriterOptions struct {
 	RetryMax      time.Duration // default 5 s
 	Log           *slog.Logger
 	Metrics       *Metrics
+	// OnResync is called after the writer rewrote every point's hashes into
+	// a Redis that may have lost them (a new connection, a restart), from
+	// the flush goroutine; it must not block.
+	OnResync func()
 }
 
 // Writer pipelines point state into Redis: HSET of the value, ts and q hashes
@@ -310,6 +314,9 @@ func (w *Writer) flushPoints(ctx context.Context) error {
 	if full {
 		w.opt.Metrics.Resyncs.Inc()
 		w.opt.Log.Info("redis writer: point hashes rewritten", "points", len(all), "published", len(pubs))
+		if w.opt.OnResync != nil {
+			w.opt.OnResync()
+		}
 	}
 	// Hand what arrived meanwhile back to the ordinary queue.
 	for k := range w.dirty {

@@ -210,7 +210,11 @@ func (n *nodeRun) run(ctx context.Context) error {
 				supervisor.Observers(stats, sm.Kind(kind), supervisor.Log(log)))
 		}
 		bm := redisbus.NewMetrics(reg, func() float64 { return float64(writer.QueueDepth()) })
-		writer = redisbus.NewWriter(ro, redisbus.WriterOptions{Node: cfg.Node.Name, Keys: keys, Log: log.With("component", "redis-writer"), Metrics: bm})
+		var alarmStore *alarm.Store
+		writer = redisbus.NewWriter(ro, redisbus.WriterOptions{Node: cfg.Node.Name, Keys: keys,
+			// Alarm states come back into a Redis that lost them at the
+			// moment the point hashes do.
+			OnResync: func() { alarmStore.Resync() }, Log: log.With("component", "redis-writer"), Metrics: bm})
 		// Local consumers (live sessions) get this node's updates directly,
 		// batched every 20 ms (the L1 path); other nodes' come through the
 		// Redis subscriber.
@@ -236,7 +240,6 @@ func (n *nodeRun) run(ctx context.Context) error {
 		}
 		alarmRedis := redis.NewClient(ro)
 		n.onStop("alarm redis client", func() { _ = alarmRedis.Close() })
-		var alarmStore *alarm.Store
 		alarmMetrics := alarm.NewMetrics(reg, func() float64 { return float64(alarmStore.Queued()) })
 		alarmStore = alarm.NewStore(alarmRedis, alarm.StoreOptions{Node: cfg.Node.Name, Keys: keys, Log: log.With("component", "alarm-store"), Metrics: alarmMetrics})
 		n.onStop("alarm store", func() { alarmStore.Stop(5 * time.Second) })
