@@ -11,6 +11,7 @@ func TestExamplesLoad(t *testing.T) {
 	t.Setenv("VOLTAGE_VIEWER_TOKEN", "viewer-token-0123456789")
 	t.Setenv("VOLTAGE_OPERATOR_TOKEN", "operator-token-0123456789")
 	t.Setenv("VOLTAGE_ADMIN_TOKEN", "admin-token-0123456789")
+	t.Setenv("VOLTAGE_COMMAND_KEY", "command-key-0123456789abcdef0123456789")
 	files, err := filepath.Glob("examples/*.yaml")
 	if err != nil || len(files) < 2 {
 		t.Fatalf("examples: %v %v", files, err)

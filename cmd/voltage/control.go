@@ -37,6 +37,8 @@ func cmdControl(args []string, stdout, stderr io.Writer) error {
 	wait := fs.Duration("wait", 5*time.Second, "how long to wait for the result (at most 30s)")
 	timeout := fs.Duration("timeout", 0, "how old the command may be when the channel executes it (default 5s)")
 	base := fs.String("url", "", "the node's HTTP `URL` (default: http://{node.http of -c FILE})")
+	viaRedis := fs.Bool("via-redis", false, "publish the command on the node's Redis (signed with auth.command_key of -c FILE) instead of the HTTP API")
+	user := fs.String("user", cliUser(), "with --via-redis: the `name` recorded as the command's user")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
 	}
@@ -64,6 +66,19 @@ func cmdControl(args []string, stdout, stderr io.Writer) error {
 	v, err := controlValue(*value)
 	if err != nil {
 		return usageError{"--value: " + err.Error()}
+	}
+	if *timeout > 0 && *timeout < messages.MinCmdTimeout {
+		return usageError{fmt.Sprintf("--timeout %s: want at least %s", *timeout, messages.MinCmdTimeout)}
+	}
+	if *viaRedis {
+		if *cfgFile == "" {
+			return usageError{"--via-redis needs -c FILE (redis.url, redis.prefix, auth.command_key)"}
+		}
+		fv, _ := v.(float64)
+		if b, ok := v.(bool); ok && b {
+			fv = 1
+		}
+		return controlViaRedis(*cfgFile, controlRequest{key: key, value: fv, id: *id, wait: *wait, timeout: *timeout, user: *user}, stdout, stderr)
 	}
 	if *base == "" {
 		if *cfgFile == "" {
@@ -112,10 +127,13 @@ func cmdControl(args []string, stdout, stderr io.Writer) error {
 	if err := json.Unmarshal(answer, &res); err != nil {
 		return fmt.Errorf("answer %d is not JSON: %.200s", resp.StatusCode, answer)
 	}
-	var out bytes.Buffer
-	if json.Indent(&out, answer, "", "  ") == nil {
-		out.WriteByte('\n')
-		_, _ = out.WriteTo(stdout)
+	printJSON(stdout, answer)
+	if res.Status == string(messages.StatusUnknown) {
+		// The write went out unanswered: the channel reconciles it by
+		// reading the point back; follow the command until it has.
+		if res.Status, res.Error, err = followUnknown(client, req.Header.Get("Authorization"), strings.TrimRight(*base, "/"), res.ID, time.Now().Add(*wait), stdout); err != nil {
+			return err
+		}
 	}
 	if res.Status != string(messages.StatusSuccess) {
 		msg := fmt.Sprintf("command %s: %s", res.ID, res.Status)

@@ -70,6 +70,7 @@ func TestCheckExamples(t *testing.T) {
 		"VOLTAGE_VIEWER_TOKEN=viewer-token-for-tests-0001",
 		"VOLTAGE_OPERATOR_TOKEN=operator-token-for-tests-0001",
 		"VOLTAGE_ADMIN_TOKEN=admin-token-for-tests-00001",
+		"VOLTAGE_COMMAND_KEY=command-key-for-tests-0123456789abcdef",
 	}
 	for _, f := range []string{"demo.yaml", "modbus.yaml"} {
 		out, code := runCmd(t, env, "check", "-c", filepath.Join("..", "..", "config", "examples", f))
