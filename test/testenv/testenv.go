@@ -61,8 +61,9 @@ func PickPort() (int, error) {
 // Redis is a redis-server process owned by one test.
 type Redis struct {
 	process
-	Port int
-	dir  string
+	Port  int
+	dir   string
+	extra []string // more redis-server arguments (ACL users, a TLS port)
 }
 
 // Addr is host:port of the server.
@@ -82,12 +83,18 @@ func RedisServerPath() string {
 
 // StartRedis starts a redis-server without persistence on a free port. It
 // skips the test when redis-server is not installed (.ci/run installs it).
-func StartRedis(t testing.TB) *Redis {
+func StartRedis(t testing.TB) *Redis { t.Helper(); return StartRedisWith(t) }
+
+// StartRedisWith is StartRedis with more redis-server arguments, for
+// example an ACL user ("--user", "site-a on >secret ~site-a:* &site-a:* +@all")
+// or a TLS port ("--tls-port", "N", "--tls-cert-file", ...). The plain port
+// stays open for the test's own checks.
+func StartRedisWith(t testing.TB, args ...string) *Redis {
 	t.Helper()
 	if RedisServerPath() == "" {
 		t.Skip("redis-server not on PATH: install the Debian package redis-server (.ci/run does)")
 	}
-	r, err := StartRedisServer(t.TempDir())
+	r, err := startRedisServer(t.TempDir(), args)
 	if err != nil {
 		t.Fatalf("start redis-server: %v", err)
 	}
@@ -98,11 +105,13 @@ func StartRedis(t testing.TB) *Redis {
 
 // StartRedisServer starts a redis-server with its files in dir, outside a
 // test (benchmark harnesses). The caller stops it.
-func StartRedisServer(dir string) (*Redis, error) {
+func StartRedisServer(dir string) (*Redis, error) { return startRedisServer(dir, nil) }
+
+func startRedisServer(dir string, extra []string) (*Redis, error) {
 	if RedisServerPath() == "" {
 		return nil, fmt.Errorf("redis-server not on PATH (Debian package redis-server)")
 	}
-	r := &Redis{dir: dir}
+	r := &Redis{dir: dir, extra: extra}
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
 		if r.Port, err = PickPort(); err != nil {
@@ -116,10 +125,10 @@ func StartRedisServer(dir string) (*Redis, error) {
 }
 
 func (r *Redis) start() error {
-	r.cmd = exec.Command(RedisServerPath(),
-		"--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1",
+	args := []string{"--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", r.dir,
-		"--logfile", filepath.Join(r.dir, "redis.log"))
+		"--logfile", filepath.Join(r.dir, "redis.log")}
+	r.cmd = exec.Command(RedisServerPath(), append(args, r.extra...)...)
 	done, err := r.run()
 	if err != nil {
 		return err

@@ -1,0 +1,538 @@
+package e2e
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"math"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	gomodbus "github.com/goburrow/modbus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/voltage-ems/voltage/drivers/modbus/simulator"
+	"github.com/voltage-ems/voltage/messages"
+	"github.com/voltage-ems/voltage/test/testenv"
+)
+
+// The control path attacked the way a hostile network or a careless
+// integrator would (issue 12): two sites on one Redis, forged and replayed
+// commands on the bus, a device that freezes mid-write, timeouts that do
+// not mean what they say.
+
+// siteNode writes the config of a node with channel 1001 (the control
+// points of controlPoints) polling 127.0.0.1:mbPort every 100 ms, and
+// returns its path and HTTP base URL. extra goes into the YAML as is.
+func siteNode(t *testing.T, name, redisURL string, mbPort int, extra string) (cfg, base string) {
+	t.Helper()
+	httpPort := testenv.FreePort(t)
+	dir := writeFiles(t, map[string]string{
+		"node.yaml": fmt.Sprintf(`node: {name: %s, http: "127.0.0.1:%d"}
+redis: {url: %q%s}
+auth:
+  tokens:
+    - {name: op1, token: %s, role: operator}
+    - {name: watcher, token: %s, role: viewer}
+%s
+channels:
+  - {id: 1001, name: PCS-1, protocol: modbus_tcp, poll_interval: 100ms, points: p.csv,
+     parameters: {host: 127.0.0.1, port: %d, timeout: 300ms}}
+`, name, httpPort, redisURL, redisExtra(extra), opToken, viewerToken, nodeExtra(extra), mbPort),
+		"p.csv": controlPoints,
+	})
+	return filepath.Join(dir, "node.yaml"), "http://127.0.0.1:" + strconv.Itoa(httpPort)
+}
+
+// extra is "prefix=X;key=Y": a redis.prefix and an auth.command_key.
+func redisExtra(extra string) string {
+	for _, kv := range strings.Split(extra, ";") {
+		if v, ok := strings.CutPrefix(kv, "prefix="); ok {
+			return ", prefix: " + v
+		}
+	}
+	return ""
+}
+
+func nodeExtra(extra string) string {
+	for _, kv := range strings.Split(extra, ";") {
+		if v, ok := strings.CutPrefix(kv, "key="); ok {
+			return "  command_key: " + v
+		}
+	}
+	return ""
+}
+
+// device is a Modbus client of a simulated device, for the test's own reads.
+type device struct {
+	h *gomodbus.TCPClientHandler
+	c gomodbus.Client
+}
+
+func dialDevice(t *testing.T, port int) *device {
+	t.Helper()
+	h := gomodbus.NewTCPClientHandler("127.0.0.1:" + strconv.Itoa(port))
+	h.SlaveId, h.Timeout = 1, time.Second
+	if err := h.Connect(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return &device{h: h, c: gomodbus.NewClient(h)}
+}
+
+// setpoint reads the device's float32 setpoint (holding 100, point 1001:a:1).
+func (d *device) setpoint(t *testing.T) float32 {
+	t.Helper()
+	regs, err := d.c.ReadHoldingRegisters(100, 2)
+	if err != nil {
+		t.Fatalf("read the device's setpoint: %v", err)
+	}
+	return math.Float32frombits(binary.BigEndian.Uint32(regs))
+}
+
+func waitReady(t *testing.T, base string) {
+	t.Helper()
+	testenv.Eventually(t, 20*time.Second, func() bool { code, _ := get(t, base+"/ready"); return code == 200 }, "%s ready", base)
+}
+
+func redisDB(t *testing.T, r *testenv.Redis, db int) *redis.Client {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: r.Addr(), DB: db})
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestSiteIsolationOneRedis: two sites share one redis-server. A node on a
+// database other than 0 without a prefix refuses to start (Pub/Sub crosses
+// databases); with prefixes, a command sent to site A is written to A's
+// device only, even when both sites' channel 1001 reach the same device
+// (the same id was written twice before: one claim per database).
+func TestSiteIsolationOneRedis(t *testing.T) {
+	r := testenv.StartRedis(t)
+	mbA, mbB := testenv.FreePort(t), testenv.FreePort(t)
+
+	// Refused: database 1 without a prefix, with the reason.
+	cfgB0, _ := siteNode(t, "site-b", "redis://"+r.Addr()+"/1", mbB, "")
+	out, code := runCmd(t, nil, "check", "-c", cfgB0)
+	if code == 0 || !strings.Contains(out, "redis.url: names database 1 but redis.prefix is empty") || !strings.Contains(out, "Pub/Sub ignores database numbers") {
+		t.Fatalf("check of a node on db 1 without a prefix: exit %d\n%s", code, out)
+	}
+	out, code = runCmd(t, nil, "run", "-c", cfgB0)
+	if code == 0 || !strings.Contains(out, "redis.prefix") {
+		t.Fatalf("run of a node on db 1 without a prefix: exit %d\n%s", code, out)
+	}
+
+	// Two sites, databases 0 and 1, prefixes site-a and site-b, each with
+	// its own device; then a third node of site B on A's device.
+	sim := startSimFromPoints(t, controlPoints, mbA)
+	startSimFromPoints(t, controlPoints, mbB)
+	cfgA, baseA := siteNode(t, "site-a", "redis://"+r.Addr()+"/0", mbA, "prefix=site-a")
+	cfgB, baseB := siteNode(t, "site-b", "redis://"+r.Addr()+"/1", mbB, "prefix=site-b")
+	start(t, nil, "run", "-c", cfgA)
+	start(t, nil, "run", "-c", cfgB)
+	waitReady(t, baseA)
+	waitReady(t, baseB)
+	db0, db1 := redisDB(t, r, 0), redisDB(t, r, 1)
+	ctx := context.Background()
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return db0.HGet(ctx, "site-a:comsrv:1001:m:q", "10001").Val() == "good" && db1.HGet(ctx, "site-b:comsrv:1001:m:q", "10001").Val() == "good"
+	}, "both sites polling into their prefixed hashes")
+	if n := db0.Exists(ctx, "comsrv:1001:m", "point:update").Val() + db1.Exists(ctx, "comsrv:1001:m").Val(); n != 0 {
+		t.Fatalf("unprefixed keys written: %d", n)
+	}
+	devA, devB := dialDevice(t, mbA), dialDevice(t, mbB)
+	before := devB.setpoint(t)
+
+	code, body := post(t, baseA+"/control/1001/1", opToken, `{"type":"a","value":321.5,"id":"site-a-cmd-1","wait":"3s"}`)
+	if code != 200 || !strings.Contains(body, `"success"`) {
+		t.Fatalf("command to site A: %d %s", code, body)
+	}
+	if v := devA.setpoint(t); v != 321.5 {
+		t.Fatalf("site A's device holds %v, want 321.5", v)
+	}
+	if v := devB.setpoint(t); v != before {
+		t.Fatalf("site B's device was written (%v -> %v) by a command sent to site A", before, v)
+	}
+	if n := db1.XLen(ctx, "site-b:audit:commands").Val(); n != 0 {
+		t.Fatalf("site B's audit has %d entries: it received site A's command", n)
+	}
+	if n := db0.XLen(ctx, "site-a:audit:commands").Val(); n != 2 { // accepted + result
+		t.Fatalf("site A's audit has %d entries, want 2", n)
+	}
+
+	// Both sites' channel 1001 on the same device (a careless integrator):
+	// a command to A is written once, by A.
+	cfgB2, baseB2 := siteNode(t, "site-b2", "redis://"+r.Addr()+"/1", mbA, "prefix=site-b2")
+	start(t, nil, "run", "-c", cfgB2)
+	waitReady(t, baseB2)
+	testenv.Eventually(t, 10*time.Second, func() bool { return db1.HGet(ctx, "site-b2:comsrv:1001:m:q", "10001").Val() == "good" }, "site B2 polling")
+	t0 := time.Now()
+	code, body = post(t, baseA+"/control/1001/1", opToken, `{"type":"a","value":-17,"id":"shared-device-1","wait":"3s"}`)
+	if code != 200 || !strings.Contains(body, `"success"`) {
+		t.Fatalf("command to site A on the shared device: %d %s", code, body)
+	}
+	writes := 0
+	for _, q := range sim.RequestLog() {
+		if q.Write && q.At.After(t0) {
+			writes++
+		}
+	}
+	if writes != 1 {
+		t.Fatalf("%d write requests reached the shared device for one command, want 1", writes)
+	}
+}
+
+// TestCommandTimeoutsMeanWhatTheySay: a timeout under 1 ms is a 400 (it used
+// to become 0 ms, which meant the 5 s default, and the command was written
+// 605 ms later); a command past its deadline is answered timeout and never
+// written.
+func TestCommandTimeoutsMeanWhatTheySay(t *testing.T) {
+	r := testenv.StartRedis(t)
+	mb := testenv.FreePort(t)
+	startSimFromPoints(t, controlPoints, mb)
+	cfg, base := siteNode(t, "tmo", r.URL(), mb, "")
+	start(t, nil, "run", "-c", cfg)
+	waitReady(t, base)
+	rdb := redisDB(t, r, 0)
+	ctx := context.Background()
+	testenv.Eventually(t, 10*time.Second, func() bool { return rdb.HGet(ctx, "comsrv:1001:m:q", "10001").Val() == "good" }, "polling")
+	dev := dialDevice(t, mb)
+	before := dev.setpoint(t)
+
+	for _, tmo := range []string{"999us", "1ns", "500µs", "0s", "-1s", "61s"} {
+		code, body := post(t, base+"/control/1001/1", opToken, `{"type":"a","value":42,"timeout":"`+tmo+`","wait":"2s"}`)
+		if code != 400 || !strings.Contains(body, "timeout") {
+			t.Errorf("timeout %q: %d %s, want 400 naming timeout", tmo, code, body)
+		}
+	}
+	// Straight on the bus: a command older than its 5 ms timeout, and one
+	// without timeout_ms older than the 5 s default.
+	sub := rdb.Subscribe(ctx, "cmd:1001:result")
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []messages.ControlCommand{
+		{ID: "late-5ms", ChannelID: 1001, PointType: messages.Adjustment, PointID: 1, Value: 42, Timestamp: time.Now().Add(-6 * time.Millisecond).UnixMilli(), TimeoutMS: 5, Source: "test", User: "t"},
+		{ID: "late-default", ChannelID: 1001, PointType: messages.Adjustment, PointID: 1, Value: 43, Timestamp: time.Now().Add(-5100 * time.Millisecond).UnixMilli(), Source: "test", User: "t"},
+	} {
+		b, _ := json.Marshal(c)
+		if n := rdb.Publish(ctx, "cmd:1001:control", b).Val(); n != 1 {
+			t.Fatalf("publish: %d receivers", n)
+		}
+		res := nextResult(t, sub, c.ID)
+		if res.Status != messages.StatusTimeout {
+			t.Fatalf("%s: %+v, want timeout", c.ID, res)
+		}
+	}
+	if v := dev.setpoint(t); v != before {
+		t.Fatalf("an expired command was written: %v -> %v", before, v)
+	}
+}
+
+// nextResult waits for the result of command id on a subscription.
+func nextResult(t *testing.T, sub *redis.PubSub, id string) messages.CommandResult {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case m := <-sub.Channel():
+			var res messages.CommandResult
+			if json.Unmarshal([]byte(m.Payload), &res) == nil && res.ID == id {
+				return res
+			}
+		case <-deadline:
+			t.Fatalf("no result for command %s within 5s", id)
+		}
+	}
+}
+
+// startSimFromPoints serves a simulated device with the points of csv on
+// each port (in-process, with a request log).
+func startSimFromPoints(t *testing.T, csv string, ports ...int) *simulator.Simulator {
+	t.Helper()
+	dir := writeFiles(t, map[string]string{
+		"sim.yaml": `channels:
+  - {id: 1001, protocol: modbus_tcp, points: p.csv, parameters: {host: 127.0.0.1, port: 502}}
+`,
+		"p.csv": csv,
+	})
+	return startSim(t, filepath.Join(dir, "sim.yaml"), ports...)
+}
+
+const e2eCommandKey = "e2e-command-key-0123456789abcdef0123"
+
+// TestSignedCommandsOnTheBus: with auth.command_key, only signed commands
+// reach the device; an unsigned one (its user and source forged), a badly
+// signed or altered one, a stale replay and one from the future are
+// refused and audited as refused; a replay within its timeout is a
+// duplicate; the audit's user and source are the signed ones.
+// `voltage control --via-redis` signs as an outside client does.
+func TestSignedCommandsOnTheBus(t *testing.T) {
+	r := testenv.StartRedis(t)
+	mb := testenv.FreePort(t)
+	startSimFromPoints(t, controlPoints, mb)
+	cfg, base := siteNode(t, "signed", r.URL(), mb, "key=${E2E_CMD_KEY}")
+	env := []string{"E2E_CMD_KEY=" + e2eCommandKey}
+	start(t, env, "run", "-c", cfg)
+	waitReady(t, base)
+	rdb := redisDB(t, r, 0)
+	ctx := context.Background()
+	testenv.Eventually(t, 10*time.Second, func() bool { return rdb.HGet(ctx, "comsrv:1001:m:q", "10001").Val() == "good" }, "polling")
+	dev := dialDevice(t, mb)
+	sub := rdb.Subscribe(ctx, "cmd:1001:result")
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// Through the gateway: signed by the node, user from the token.
+	code, body := post(t, base+"/control/1001/1", opToken, `{"type":"a","value":11,"id":"http-1","wait":"3s"}`)
+	if code != 200 || !strings.Contains(body, `"success"`) {
+		t.Fatalf("HTTP command: %d %s", code, body)
+	}
+	key := messages.NewCommandKey(e2eCommandKey, "")
+	cmd := func(id string, v float64, age time.Duration) *messages.ControlCommand {
+		return &messages.ControlCommand{ID: id, ChannelID: 1001, PointType: messages.Adjustment, PointID: 1, Value: v,
+			Timestamp: time.Now().Add(-age).UnixMilli(), Source: "api", User: "operator1"}
+	}
+	publish := func(payload []byte) {
+		t.Helper()
+		if n := rdb.Publish(ctx, "cmd:1001:control", payload).Val(); n != 1 {
+			t.Fatalf("publish: %d receivers", n)
+		}
+	}
+	refused := func(id, why string) {
+		t.Helper()
+		res := nextResult(t, sub, id)
+		if res.Status != messages.StatusRejected || !strings.Contains(res.Error, why) {
+			t.Fatalf("%s: %+v, want rejected saying %q", id, res, why)
+		}
+		if n := rdb.Exists(ctx, "cmd:result:"+id).Val(); n != 0 {
+			t.Fatalf("%s: a refused command took its id (cmd:result:%s exists)", id, id)
+		}
+	}
+
+	// Unsigned, with a forged user and source.
+	bare, _ := json.Marshal(cmd("forged-1", 450, 0))
+	publish(bare)
+	refused("forged-1", "unsigned")
+	// Signed with another key; a signed command altered after signing.
+	other := messages.NewCommandKey("some-other-key-0123456789abcdef0123", "")
+	p, _ := other.Encode(cmd("wrong-key-1", 450, 0))
+	publish(p)
+	refused("wrong-key-1", "bad signature")
+	good, _ := json.Marshal(cmd("altered-1", 12, 0))
+	altered := strings.Replace(string(good), `"value":12`, `"value":450`, 1)
+	publish(messages.SignedEnvelope([]byte(altered), key.SignPayload(good)))
+	refused("altered-1", "bad signature")
+	// Stale (a replay after the fact) and from the future.
+	p, _ = key.Encode(cmd("stale-1", 450, 6*time.Second))
+	publish(p)
+	refused("stale-1", "past its timeout")
+	p, _ = key.Encode(cmd("future-1", 450, -time.Minute))
+	publish(p)
+	refused("future-1", "in the future")
+	if v := dev.setpoint(t); v != 11 {
+		t.Fatalf("the device holds %v after refused commands, want 11", v)
+	}
+
+	// Signed properly: executed, then replayed: a duplicate, not written again.
+	signed, _ := key.Encode(cmd("signed-1", 22, 0))
+	publish(signed)
+	if res := nextResult(t, sub, "signed-1"); res.Status != messages.StatusSuccess {
+		t.Fatalf("signed command: %+v", res)
+	}
+	if code, body := post(t, base+"/control/1001/1", opToken, `{"type":"a","value":33,"wait":"3s"}`); code != 200 || !strings.Contains(body, `"success"`) {
+		t.Fatalf("HTTP command: %d %s", code, body)
+	}
+	publish(signed)
+	if res := nextResult(t, sub, "signed-1"); res.Status != messages.StatusDuplicate {
+		t.Fatalf("replayed signed command: %+v, want duplicate", res)
+	}
+	if v := dev.setpoint(t); v != 33 {
+		t.Fatalf("the replay was written: device holds %v, want 33", v)
+	}
+
+	// The CLI over Redis, as an outside client: signed with the config's key.
+	out, exit := runCmd(t, env, "control", "-c", cfg, "--via-redis", "--user", "alice", "--point", "1001:a:1", "--value", "44.5", "--id", "cli-1")
+	if exit != 0 || !strings.Contains(out, `"success"`) {
+		t.Fatalf("voltage control --via-redis: exit %d\n%s", exit, out)
+	}
+	if v := dev.setpoint(t); v != 44.5 {
+		t.Fatalf("device holds %v after the CLI command, want 44.5", v)
+	}
+
+	// The audit: who did what, as signed; refusals recorded with the reason.
+	entries, err := rdb.XRange(ctx, "audit:commands", "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	byID := map[string][]map[string]any{}
+	for _, e := range entries {
+		id, _ := e.Values["id"].(string)
+		byID[id] = append(byID[id], e.Values)
+	}
+	check := func(id, event, field, want string) {
+		t.Helper()
+		for _, v := range byID[id] {
+			if v["event"] == event && v[field] == want {
+				return
+			}
+		}
+		t.Errorf("audit of %s: no %s entry with %s=%q in %v", id, event, field, want, byID[id])
+	}
+	check("http-1", "accepted", "user", "op1")
+	check("http-1", "accepted", "signed", "true")
+	check("cli-1", "accepted", "user", "alice")
+	check("cli-1", "accepted", "source", "cli")
+	for _, id := range []string{"forged-1", "wrong-key-1", "altered-1", "stale-1", "future-1"} {
+		check(id, "refused", "status", "rejected")
+		for _, v := range byID[id] {
+			if v["event"] == "accepted" {
+				t.Errorf("refused command %s has an accepted entry", id)
+			}
+		}
+	}
+}
+
+// channelPolls reads the poll count of channel 1001.
+func channelPolls(t *testing.T, base string) uint64 {
+	t.Helper()
+	code, body := getAuth(t, base+"/api/channels/1001", viewerToken)
+	var st struct {
+		Polls     uint64 `json:"polls"`
+		Connected bool   `json:"connected"`
+	}
+	if code != 200 || json.Unmarshal([]byte(body), &st) != nil {
+		t.Fatalf("GET /api/channels/1001: %d %s", code, body)
+	}
+	return st.Polls
+}
+
+// storedResult reads cmd:result:{id}.
+func storedResult(t *testing.T, rdb *redis.Client, id string) messages.CommandResult {
+	t.Helper()
+	var res messages.CommandResult
+	raw, err := rdb.Get(context.Background(), "cmd:result:"+id).Bytes()
+	if err == nil {
+		_ = json.Unmarshal(raw, &res)
+	}
+	return res
+}
+
+// TestUnknownOutcomeReconciled: the device freezes (SIGSTOP) while a write
+// is on its way. The answer is unknown, not failed (the device applies the
+// value when it resumes); once it answers again the channel reads the point
+// back and publishes the reconciled result, success, on the same id. A
+// device restarted before it applied the write gives a reconciled failed.
+func TestUnknownOutcomeReconciled(t *testing.T) {
+	r := testenv.StartRedis(t)
+	mb := testenv.FreePort(t)
+	simDir := writeFiles(t, map[string]string{
+		"sim.yaml": fmt.Sprintf(`channels:
+  - {id: 1001, protocol: modbus_tcp, points: p.csv, parameters: {host: 127.0.0.1, port: %d}}
+`, mb),
+		"p.csv": controlPoints,
+	})
+	startDevice := func() *proc {
+		p := start(t, nil, "simulate", "-c", filepath.Join(simDir, "sim.yaml"))
+		t.Cleanup(func() { _ = p.cmd.Process.Signal(syscall.SIGCONT) }) // before the stop
+		testenv.Eventually(t, 10*time.Second, func() bool {
+			h := gomodbus.NewTCPClientHandler("127.0.0.1:" + strconv.Itoa(mb))
+			defer h.Close()
+			return h.Connect() == nil
+		}, "simulator listening")
+		return p
+	}
+	sim := startDevice()
+	// A long poll interval leaves a quiet window for the write.
+	httpPort := testenv.FreePort(t)
+	dir := writeFiles(t, map[string]string{
+		"node.yaml": fmt.Sprintf(`node: {name: unk, http: "127.0.0.1:%d"}
+redis: {url: %q}
+auth:
+  tokens:
+    - {name: op1, token: %s, role: operator}
+    - {name: watcher, token: %s, role: viewer}
+channels:
+  - {id: 1001, name: PCS-1, protocol: modbus_tcp, poll_interval: 2s, points: p.csv,
+     parameters: {host: 127.0.0.1, port: %d, timeout: 300ms}}
+`, httpPort, r.URL(), opToken, viewerToken, mb),
+		"p.csv": controlPoints,
+	})
+	cfg, base := filepath.Join(dir, "node.yaml"), "http://127.0.0.1:"+strconv.Itoa(httpPort)
+	start(t, nil, "run", "-c", cfg)
+	waitReady(t, base)
+	rdb := redisDB(t, r, 0)
+	ctx := context.Background()
+	testenv.Eventually(t, 10*time.Second, func() bool { return rdb.HGet(ctx, "comsrv:1001:m:q", "10001").Val() == "good" }, "polling")
+
+	// freezeBetweenPolls stops the device right after a poll ended.
+	freezeBetweenPolls := func(p *proc) {
+		t.Helper()
+		n := channelPolls(t, base)
+		testenv.Eventually(t, 5*time.Second, func() bool { return channelPolls(t, base) > n }, "a poll")
+		if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	freezeBetweenPolls(sim)
+	code, body := post(t, base+"/control/1001/1", opToken, `{"type":"a","value":77,"id":"frozen-1","wait":"3s","timeout":"10s"}`)
+	var res messages.CommandResult
+	if code != 200 || json.Unmarshal([]byte(body), &res) != nil || res.Status != messages.StatusUnknown {
+		t.Fatalf("write to a frozen device: %d %s, want status unknown", code, body)
+	}
+	if err := sim.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 15*time.Second, func() bool { return storedResult(t, rdb, "frozen-1").Reconciled }, "the reconciled result")
+	res = storedResult(t, rdb, "frozen-1")
+	if res.Status != messages.StatusSuccess || res.Readback == nil || *res.Readback != 77 {
+		t.Fatalf("reconciled result: %+v, want success with readback 77", res)
+	}
+	if v := dialDevice(t, mb).setpoint(t); v != 77 {
+		t.Fatalf("device holds %v, want 77", v)
+	}
+	entries, _ := rdb.XRange(ctx, "audit:commands", "-", "+").Result()
+	var statuses []string
+	for _, e := range entries {
+		if e.Values["id"] == "frozen-1" && e.Values["event"] == "result" {
+			statuses = append(statuses, fmt.Sprint(e.Values["status"], "/", e.Values["reconciled"]))
+		}
+	}
+	if strings.Join(statuses, ",") != "unknown/<nil>,success/true" {
+		t.Fatalf("audit results of frozen-1: %v, want unknown then reconciled success", statuses)
+	}
+
+	// The device restarts before it applied the write: reconciled failed.
+	// `voltage control` shows the unknown answer, then the follow-up.
+	freezeBetweenPolls(sim)
+	type cliOut struct {
+		out  string
+		exit int
+	}
+	done := make(chan cliOut, 1)
+	go func() {
+		out, exit := runCmd(t, []string{"VOLTAGE_TOKEN=" + opToken}, "control", "-c", cfg, "--point", "1001:a:1", "--value", "88", "--id", "frozen-2", "--wait", "20s", "--timeout", "10s")
+		done <- cliOut{out, exit}
+	}()
+	testenv.Eventually(t, 10*time.Second, func() bool { return storedResult(t, rdb, "frozen-2").Status == messages.StatusUnknown }, "the unknown answer")
+	_ = sim.cmd.Process.Signal(syscall.SIGKILL)
+	<-sim.done
+	startDevice()
+	got := <-done
+	if got.exit == 0 || !strings.Contains(got.out, `"unknown"`) || !strings.Contains(got.out, `"reconciled": true`) || !strings.Contains(got.out, `"failed"`) {
+		t.Fatalf("voltage control on a device restarted before applying: exit %d\n%s", got.exit, got.out)
+	}
+	res = storedResult(t, rdb, "frozen-2")
+	if res.Status != messages.StatusFailed || !res.Reconciled || res.Readback == nil || *res.Readback == 88 {
+		t.Fatalf("reconciled result of frozen-2: %+v, want failed with the device's value", res)
+	}
+}
