@@ -536,3 +536,159 @@ channels:
 		t.Fatalf("reconciled result of frozen-2: %+v, want failed with the device's value", res)
 	}
 }
+
+// TestRedisACLAndTLS: a node of site A talks to Redis over TLS (rediss://,
+// a client certificate, the site's CA) as an ACL user that may touch only
+// site-a:* keys and channels. Polling, control (also `voltage control
+// --via-redis`), computations and alarms work, and Redis refused nothing:
+// every name the node uses carries its prefix.
+func TestRedisACLAndTLS(t *testing.T) {
+	ca := testenv.NewCA(t, "redis-test")
+	srvCert, srvKey := ca.Issue(t, "redis")
+	cliCert, cliKey := ca.Issue(t, "site-a-node")
+	tlsPort := testenv.FreePort(t)
+	r := testenv.StartRedisWith(t,
+		"--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", srvCert, "--tls-key-file", srvKey,
+		"--tls-ca-cert-file", ca.CertPEM, "--tls-auth-clients", "yes",
+		// PSUBSCRIBE patterns are matched literally against the ACL's.
+		"--user", "site-a", "on", ">site-a-secret-password", "~site-a:*", "&site-a:*", "&site-a:cmd:*:result", "+@all")
+	mb := testenv.FreePort(t)
+	startSimFromPoints(t, controlPoints, mb)
+	httpPort := testenv.FreePort(t)
+	dir := writeFiles(t, map[string]string{
+		"node.yaml": fmt.Sprintf(`node: {name: acl, http: "127.0.0.1:%d"}
+redis:
+  url: "rediss://site-a:${E2E_REDIS_PASSWORD}@127.0.0.1:%d/0"
+  prefix: site-a
+  tls: {ca: %q, cert: %q, key: %q}
+auth:
+  tokens:
+    - {name: op1, token: %s, role: operator}
+  command_key: %s
+channels:
+  - {id: 1001, name: PCS-1, protocol: modbus_tcp, poll_interval: 100ms, points: p.csv,
+     parameters: {host: 127.0.0.1, port: %d, timeout: 300ms}}
+  - {id: 9001, name: computed, protocol: compute}
+computations:
+  - {output: "9001:m:1", expression: "input1 * 2", inputs: ["1001:a:1"]}
+alarms:
+  - {id: sp-high, point: "1001:a:1", condition: ">", threshold: 400, level: minor}
+`, httpPort, tlsPort, ca.CertPEM, cliCert, cliKey, opToken, e2eCommandKey, mb),
+		"p.csv": controlPoints,
+	})
+	cfg, base := filepath.Join(dir, "node.yaml"), "http://127.0.0.1:"+strconv.Itoa(httpPort)
+	env := []string{"E2E_REDIS_PASSWORD=site-a-secret-password"}
+	node := start(t, env, "run", "-c", cfg)
+	waitReady(t, base)
+	rdb := redisDB(t, r, 0) // the default user, on the plain port: the test's view
+	ctx := context.Background()
+	testenv.Eventually(t, 10*time.Second, func() bool { return rdb.HGet(ctx, "site-a:comsrv:1001:m:q", "10001").Val() == "good" }, "polling over TLS as site-a")
+
+	if code, body := post(t, base+"/control/1001/1", opToken, `{"type":"a","value":450,"wait":"3s"}`); code != 200 || !strings.Contains(body, `"success"`) {
+		t.Fatalf("command over TLS and ACL: %d %s", code, body)
+	}
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		return rdb.HGet(ctx, "site-a:alarm:sp-high", "state").Val() == "active-unacked" &&
+			rdb.HGet(ctx, "site-a:comsrv:9001:m", "1").Val() == "900"
+	}, "the alarm raised and the computation updated, in site-a's keys")
+	out, exit := runCmd(t, append(env, "USER=bob"), "control", "-c", cfg, "--via-redis", "--point", "1001:a:1", "--value", "5")
+	if exit != 0 || !strings.Contains(out, `"success"`) {
+		t.Fatalf("voltage control --via-redis over TLS and ACL: exit %d\n%s", exit, out)
+	}
+	if strings.Contains(node.Output(), "NOPERM") {
+		t.Fatalf("redis refused a command of the node (a name without the prefix?):\n%s", node.Output())
+	}
+	// A client without a certificate is refused by the server, and the
+	// ACL user cannot reach another site's keys.
+	other := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(tlsPort), Username: "site-a", Password: "site-a-secret-password",
+		TLSConfig: ca.ClientTLS(t, cliCert, cliKey)})
+	defer other.Close()
+	if err := other.HGet(ctx, "site-b:comsrv:1001:m", "10001").Err(); err == nil || !strings.Contains(err.Error(), "NOPERM") {
+		t.Fatalf("site-a reading site-b's keys: %v, want NOPERM", err)
+	}
+	nocert := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(tlsPort), Username: "site-a", Password: "site-a-secret-password",
+		TLSConfig: ca.ClientTLS(t, "", "")})
+	defer nocert.Close()
+	if err := nocert.Ping(ctx).Err(); err == nil {
+		t.Fatal("a TLS client without a certificate was accepted")
+	}
+}
+
+// TestAlarmStatesBackWithThePoints: Redis restarts empty while an alarm is
+// active. /api/alarms never shows it normal (503 while Redis lacks the
+// states), and the states are back at the moment the point hashes are
+// (they took 8.5 s more before: the alarm store's retry).
+func TestAlarmStatesBackWithThePoints(t *testing.T) {
+	r := testenv.StartRedis(t)
+	mb := testenv.FreePort(t)
+	startSimFromPoints(t, controlPoints, mb)
+	httpPort := testenv.FreePort(t)
+	dir := writeFiles(t, map[string]string{
+		"node.yaml": fmt.Sprintf(`node: {name: alr, http: "127.0.0.1:%d"}
+redis: {url: %q}
+auth:
+  tokens:
+    - {name: op1, token: %s, role: operator}
+channels:
+  - {id: 1001, name: PCS-1, protocol: modbus_tcp, poll_interval: 100ms, points: p.csv,
+     parameters: {host: 127.0.0.1, port: %d, timeout: 300ms}}
+alarms:
+  - {id: sp-high, point: "1001:a:1", condition: ">", threshold: 400, level: minor}
+  - {id: v-low, point: "1001:m:10001", condition: "<", threshold: 0, level: minor}
+`, httpPort, r.URL(), opToken, mb),
+		"p.csv": controlPoints,
+	})
+	base := "http://127.0.0.1:" + strconv.Itoa(httpPort)
+	start(t, nil, "run", "-c", filepath.Join(dir, "node.yaml"))
+	waitReady(t, base)
+	if code, body := post(t, base+"/control/1001/1", opToken, `{"type":"a","value":450,"wait":"3s"}`); code != 200 || !strings.Contains(body, `"success"`) {
+		t.Fatalf("setpoint: %d %s", code, body)
+	}
+	type view struct {
+		ID    string `json:"id"`
+		State string `json:"state"`
+	}
+	alarms := func() (int, map[string]string) {
+		code, body := getAuth(t, base+"/api/alarms?state=all", opToken)
+		var vs []view
+		_ = json.Unmarshal([]byte(body), &vs)
+		m := map[string]string{}
+		for _, v := range vs {
+			m[v.ID] = v.State
+		}
+		return code, m
+	}
+	testenv.Eventually(t, 5*time.Second, func() bool { _, m := alarms(); return m["sp-high"] == "active-unacked" }, "sp-high raised")
+	rdb := redisDB(t, r, 0)
+	ctx := context.Background()
+
+	r.Stop()
+	r.Restart()
+	restarted := time.Now()
+	var pointsBack, alarmsBack time.Duration
+	for time.Since(restarted) < 10*time.Second && (pointsBack == 0 || alarmsBack == 0) {
+		if pointsBack == 0 && rdb.HGet(ctx, "comsrv:1001:a", "1").Val() == "450" {
+			pointsBack = time.Since(restarted)
+		}
+		code, m := alarms()
+		switch {
+		case code == 200 && m["sp-high"] != "active-unacked":
+			t.Fatalf("%v after the restart /api/alarms shows sp-high %q (must never be shown normal while active)", time.Since(restarted), m["sp-high"])
+		case code == 200 && alarmsBack == 0:
+			alarmsBack = time.Since(restarted)
+		case code != 200 && code != 503:
+			t.Fatalf("/api/alarms answered %d", code)
+		}
+		time.Sleep(20 * time.Millisecond) // sampling the API, not waiting for a condition
+	}
+	if pointsBack == 0 || alarmsBack == 0 {
+		t.Fatalf("not back within 10 s: point hashes %v, alarm states %v", pointsBack, alarmsBack)
+	}
+	t.Logf("after the restart: point hashes back in %v, alarm states in %v", pointsBack, alarmsBack)
+	if alarmsBack > pointsBack+time.Second {
+		t.Fatalf("alarm states back %v after the point hashes (%v vs %v)", alarmsBack-pointsBack, alarmsBack, pointsBack)
+	}
+	if st := rdb.SMembers(ctx, "idx:alarm:active").Val(); len(st) != 1 || st[0] != "sp-high" {
+		t.Fatalf("idx:alarm:active after the restart: %v", st)
+	}
+}
