@@ -2,11 +2,13 @@ package placement
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -42,7 +44,10 @@ type EtcdProvider struct {
 	Refresh    time.Duration // topology re-read, default 500 ms
 	Timeout    time.Duration // per etcd request, default 1 s
 	StallAfter time.Duration // default TTL
-	Log        *slog.Logger
+	// TLS, when set, is the client's TLS to etcd (a CA and a client
+	// certificate); endpoints without a scheme are then https://.
+	TLS *tls.Config
+	Log *slog.Logger
 
 	mu          sync.Mutex
 	incarnation int64
@@ -97,9 +102,20 @@ func (p *EtcdProvider) StartMember(c *cluster.Cluster) error {
 	if p.Cluster.Node(p.Node) == nil {
 		return fmt.Errorf("node %q is not in the cluster", p.Node)
 	}
+	endpoints := p.Endpoints
+	if p.TLS != nil {
+		endpoints = make([]string, len(p.Endpoints))
+		for i, e := range p.Endpoints {
+			if !strings.Contains(e, "://") {
+				e = "https://" + e
+			}
+			endpoints[i] = e
+		}
+	}
 	client, err := clientv3.New(clientv3.Config{
-		Endpoints:   p.Endpoints,
+		Endpoints:   endpoints,
 		DialTimeout: p.Timeout,
+		TLS:         p.TLS,
 		Logger:      zap.NewNop(),
 	})
 	if err != nil {
