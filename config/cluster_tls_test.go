@@ -189,3 +189,38 @@ func TestCertificateNames(t *testing.T) {
 	f("sub-a1", []string{"sub-a2"}, "sub-a2", true)               // its own
 	f("sub-a2", []string{"sub-a2", "sub-a1"}, "sub-a1", true)     // a cert for two nodes names both (the CA decides)
 }
+
+// TestRootClusterExampleTLS: the commented tls section of cluster.yaml at
+// the repository root, uncommented, is valid.
+func TestRootClusterExampleTLS(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "cluster.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	in := false
+	for _, l := range strings.Split(string(b), "\n") {
+		switch {
+		case l == "# tls:":
+			in = true
+			l = "tls:"
+		case in && strings.HasPrefix(l, "#   ") && !strings.HasPrefix(l, "#   #"):
+			l = strings.TrimPrefix(l, "#")
+		default:
+			in = false
+		}
+		out = append(out, l)
+	}
+	demo, err := Load(filepath.Join("examples", "demo.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "cluster.yaml")
+	c, err := ParseCluster([]byte(strings.Join(out, "\n")), file, demo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TLS == nil || c.Node("sub-b1").TLSFiles.Key.Path != filepath.Join(filepath.Dir(file), "certs", "sub-b1.key") {
+		t.Fatalf("tls %+v", c.TLS)
+	}
+}
