@@ -371,3 +371,15 @@ func TestRemoteGuard(t *testing.T) {
 		t.Errorf("GetProcessDiagnostics without tls: %v", err)
 	}
 }
+
+// TestEtcdTLSProblem: a node whose etcd serves a certificate of another
+// CA does not start, and says that TLS is why etcd does not answer.
+func TestEtcdTLSProblem(t *testing.T) {
+	s := newTLSSite(t)
+	e := testenv.StartEtcd(t, testenv.EtcdTLS(s.evil))
+	p := &EtcdProvider{Cluster: s.cl, Node: "a1", Endpoints: []string{e.Endpoint()}, TLS: s.a1.EtcdConfig()}
+	err := p.StartMember(nil) // fails while registering, before it uses the cluster
+	if err == nil || !strings.Contains(err.Error(), "no answer within 1s: TLS with "+e.Endpoint()+": tls: failed to verify certificate: x509: certificate signed by unknown authority") {
+		t.Fatalf("etcd of another CA: %v", err)
+	}
+}
