@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -46,6 +47,9 @@ type Cluster struct {
 	Computations *Placement `yaml:"computations"`
 	Alarms       *Placement `yaml:"alarms"`
 	History      *Placement `yaml:"history"`
+	// TLS, when set, makes the cluster's traffic (remote, membership,
+	// etcd) TLS 1.2+ with mutual authentication (cluster_tls.go).
+	TLS *ClusterTLS `yaml:"tls"`
 }
 
 // Provider says where membership comes from.
@@ -62,7 +66,10 @@ type ClusterNode struct {
 	Remote     string   `yaml:"remote"`     // protoactor remote host:port
 	Membership string   `yaml:"membership"` // gossip/membership host:port (automanaged)
 	HTTP       string   `yaml:"http"`       // the node's API
+	TLS        *NodeTLS `yaml:"tls"`        // this node's certificate, instead of the cluster's tls.cert/tls.key
 	Line       int      `yaml:"-"`
+	// TLSFiles are the node's TLS files, resolved (nil without tls).
+	TLSFiles *NodeTLSFiles `yaml:"-"`
 }
 
 // HasRole reports whether the node has role r.
@@ -144,7 +151,12 @@ func ParseCluster(data []byte, file string, nodeCfg *Config) (*Cluster, error) {
 	c := &Cluster{File: file}
 	root, err := parseYAML(data)
 	if err != nil {
-		return nil, Errors{syntaxError(file, err)}
+		e := syntaxError(file, err)
+		if bytes.Contains(data, []byte(NodePlaceholder)) {
+			// {node} unquoted inside a flow mapping ends it.
+			e.Msg += ` (inside {...}, quote a path with {node}: cert: "certs/{node}.crt")`
+		}
+		return nil, Errors{e}
 	}
 	if !isNull(root) {
 		l.dec.decode(root, reflect.ValueOf(c).Elem(), "")
@@ -194,9 +206,7 @@ func (l *loader) validateCluster(c *Cluster, nodeCfg *Config) {
 			l.errorf("provider.endpoints", "required for the etcd provider (host:port of each etcd member)")
 		}
 		for i, e := range c.Provider.Endpoints {
-			if err := checkHostPort(e); err != nil {
-				l.errorf(indexPath("provider.endpoints", i), "%v", err)
-			}
+			l.checkEtcdEndpoint(indexPath("provider.endpoints", i), e, c.TLS != nil)
 		}
 	case "":
 		l.errorf("provider.kind", "required: automanaged or etcd")
@@ -326,6 +336,7 @@ func (l *loader) validateCluster(c *Cluster, nodeCfg *Config) {
 		}
 		resolve(*pl, key, role, "the "+key)
 	}
+	l.validateClusterTLS(c)
 	group(&c.Computations, "computations", "computation")
 	group(&c.Alarms, "alarms", "alarms")
 	group(&c.History, "history", "history")

@@ -2,11 +2,14 @@ package placement
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -42,7 +45,10 @@ type EtcdProvider struct {
 	Refresh    time.Duration // topology re-read, default 500 ms
 	Timeout    time.Duration // per etcd request, default 1 s
 	StallAfter time.Duration // default TTL
-	Log        *slog.Logger
+	// TLS, when set, is the client's TLS to etcd (a CA and a client
+	// certificate); endpoints without a scheme are then https://.
+	TLS *tls.Config
+	Log *slog.Logger
 
 	mu          sync.Mutex
 	incarnation int64
@@ -97,9 +103,20 @@ func (p *EtcdProvider) StartMember(c *cluster.Cluster) error {
 	if p.Cluster.Node(p.Node) == nil {
 		return fmt.Errorf("node %q is not in the cluster", p.Node)
 	}
+	endpoints := p.Endpoints
+	if p.TLS != nil {
+		endpoints = make([]string, len(p.Endpoints))
+		for i, e := range p.Endpoints {
+			if !strings.Contains(e, "://") {
+				e = "https://" + e
+			}
+			endpoints[i] = e
+		}
+	}
 	client, err := clientv3.New(clientv3.Config{
-		Endpoints:   p.Endpoints,
+		Endpoints:   endpoints,
 		DialTimeout: p.Timeout,
+		TLS:         p.TLS,
 		Logger:      zap.NewNop(),
 	})
 	if err != nil {
@@ -110,12 +127,52 @@ func (p *EtcdProvider) StartMember(c *cluster.Cluster) error {
 	if err := p.register(); err != nil {
 		client.Close()
 		if errors.Is(err, context.DeadlineExceeded) {
-			err = fmt.Errorf("no answer within %v (is etcd running there?): %w", p.Timeout, err)
+			if terr := tlsProblem(endpoints, p.TLS, p.Timeout); terr != nil {
+				err = fmt.Errorf("no answer within %v: %w", p.Timeout, terr)
+			} else {
+				err = fmt.Errorf("no answer within %v (is etcd running there?): %w", p.Timeout, err)
+			}
 		}
 		return fmt.Errorf("etcd %v: registering %s: %w", p.Endpoints, p.id(), err)
 	}
 	p.stop, p.done = make(chan struct{}), make(chan struct{})
 	go p.run()
+	return nil
+}
+
+// tlsProblem says why etcd does not answer when TLS is the reason: the
+// handshake with the first endpoint that accepts a connection fails (its
+// certificate is not of the CA configured), or etcd refuses this node's
+// client certificate right after it. Nil without cfg, or when TLS is not
+// the problem.
+func tlsProblem(endpoints []string, cfg *tls.Config, timeout time.Duration) error {
+	if cfg == nil {
+		return nil
+	}
+	for _, e := range endpoints {
+		if _, rest, ok := strings.Cut(e, "://"); ok {
+			e = rest
+		}
+		c := cfg.Clone()
+		if c.ServerName == "" {
+			c.ServerName, _, _ = net.SplitHostPort(e)
+		}
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: timeout}, "tcp", e, c)
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Op == "dial" {
+			continue // nothing listens there
+		}
+		if err == nil {
+			// TLS 1.3: a refused client certificate shows on the first read.
+			_ = conn.SetReadDeadline(time.Now().Add(timeout / 4))
+			_, err = conn.Read(make([]byte, 1))
+			conn.Close()
+			if !IsTLSError(err) {
+				return nil
+			}
+		}
+		return fmt.Errorf("TLS with %s: %w", e, err)
+	}
 	return nil
 }
 

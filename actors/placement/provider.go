@@ -2,9 +2,11 @@ package placement
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -39,7 +41,10 @@ type StaticProvider struct {
 	// leaves the topology (protoactor then blocks its id for good); one
 	// slow answer does not drop a live peer. Default 3 × Refresh.
 	DropAfter time.Duration
-	Log       *slog.Logger
+	// TLS, when set, serves and asks /_health over HTTPS with mutual
+	// authentication: a peer counts only when its certificate names it.
+	TLS *TLS
+	Log *slog.Logger
 
 	mu          sync.Mutex
 	incarnation int64
@@ -48,7 +53,8 @@ type StaticProvider struct {
 	unlisted    int                 // consecutive checks in which a reachable peer did not list this member
 	c           *cluster.Cluster
 	srv         *http.Server
-	client      *http.Client
+	clients     map[string]*http.Client // by peer node
+	tlsFailing  map[string]bool         // peers whose last check failed on TLS (logged once)
 	stop        chan struct{}
 	done        chan struct{}
 }
@@ -103,10 +109,20 @@ func (p *StaticProvider) StartMember(c *cluster.Cluster) error {
 	}
 	p.c = c
 	p.incarnation, p.since = time.Now().UnixNano(), time.Now()
-	p.client = &http.Client{Timeout: p.Timeout, Transport: &http.Transport{DisableKeepAlives: false, MaxIdleConnsPerHost: 2}}
+	p.clients, p.tlsFailing = map[string]*http.Client{}, map[string]bool{}
+	for _, n := range p.Cluster.Nodes {
+		tr := &http.Transport{MaxIdleConnsPerHost: 2}
+		if p.TLS != nil {
+			tr.TLSClientConfig = p.TLS.ClientConfig(n.Name)
+		}
+		p.clients[n.Name] = &http.Client{Timeout: p.Timeout, Transport: tr}
+	}
 	ln, err := net.Listen("tcp", self.Membership)
 	if err != nil {
 		return fmt.Errorf("membership %s: %w", self.Membership, err)
+	}
+	if p.TLS != nil {
+		ln = tls.NewListener(ln, p.TLS.ServerConfig())
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /_health", func(w http.ResponseWriter, _ *http.Request) {
@@ -120,6 +136,10 @@ func (p *StaticProvider) StartMember(c *cluster.Cluster) error {
 		_ = json.NewEncoder(w).Encode(health{Cluster: p.Cluster.Name, Node: p.Node, ID: p.id(), Remote: self.Remote, Members: ids})
 	})
 	p.srv = &http.Server{Handler: mux, ReadHeaderTimeout: time.Second}
+	if p.TLS != nil {
+		// Failed handshakes (http.Server logs them), rate-limited.
+		p.srv.ErrorLog = log.New(refusalWriter{p.TLS}, "", 0)
+	}
 	go func() { _ = p.srv.Serve(ln) }()
 	p.stop, p.done = make(chan struct{}), make(chan struct{})
 	go p.monitor()
@@ -198,8 +218,15 @@ func (p *StaticProvider) members() []*cluster.Member {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), p.Timeout)
 			defer cancel()
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+n.Membership+"/_health", nil)
-			resp, err := p.client.Do(req)
+			scheme := "http://"
+			if p.TLS != nil {
+				scheme = "https://"
+			}
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, scheme+n.Membership+"/_health", nil)
+			resp, err := p.clients[n.Name].Do(req)
+			if p.TLS != nil {
+				p.noteTLS(n.Name, err)
+			}
 			if err != nil {
 				return
 			}
@@ -248,6 +275,29 @@ func (p *StaticProvider) members() []*cluster.Member {
 		}
 	}
 	return ms
+}
+
+// noteTLS logs a peer whose membership check fails on TLS (a certificate
+// of another CA, or one that names another node), once until it passes.
+func (p *StaticProvider) noteTLS(peer string, err error) {
+	failing := err != nil && IsTLSError(err)
+	p.mu.Lock()
+	was := p.tlsFailing[peer]
+	p.tlsFailing[peer] = failing
+	p.mu.Unlock()
+	if failing && !was {
+		p.Log.Warn("membership: peer refused: its TLS handshake failed (it stays out of the topology)", "node", peer, "err", err)
+	}
+}
+
+// refusalWriter takes the membership server's log lines (a failed TLS
+// handshake: a plaintext client, a certificate of another CA, one naming
+// no node) to TLS's rate-limited refusal log.
+type refusalWriter struct{ t *TLS }
+
+func (w refusalWriter) Write(b []byte) (int, error) {
+	w.t.refused("membership", nil, errors.New(strings.TrimSpace(string(b))))
+	return len(b), nil
 }
 
 func member(id, remote string) *cluster.Member {

@@ -181,14 +181,26 @@ func (n *nodeRun) startMember(system *actor.ActorSystem) (c *cluster.Cluster, er
 	self := cl.Node(n.cfg.Node.Name)
 	host, portStr, _ := net.SplitHostPort(self.Remote)
 	port, _ := strconv.Atoi(portStr)
+	// Mutual TLS for remote, membership and etcd (the tls section), or a
+	// warning: without it anyone who reaches those ports is a peer.
+	m, err := cl.LoadTLS(self.Name)
+	if err != nil {
+		return nil, err
+	}
+	mtls := placement.NewTLS(cl, m, n.log.With("component", "cluster-tls"))
+	if mtls == nil {
+		n.log.Warn("cluster traffic is unauthenticated: anyone who reaches the remote and membership ports can join the cluster or send actor messages; set tls in " + cl.File)
+	} else {
+		n.log.Info("cluster traffic: mutual TLS", "files", self.TLSFiles.String(), "expires", m.Cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
 	var prov cluster.ClusterProvider
 	switch cl.Provider.Kind {
 	case config.ProviderEtcd:
-		prov = &placement.EtcdProvider{Cluster: cl, Node: self.Name, Endpoints: cl.Provider.Endpoints, Log: n.log.With("component", "membership")}
+		prov = &placement.EtcdProvider{Cluster: cl, Node: self.Name, Endpoints: cl.Provider.Endpoints, TLS: mtls.EtcdConfig(), Log: n.log.With("component", "membership")}
 	default:
-		prov = &placement.StaticProvider{Cluster: cl, Node: self.Name, Log: n.log.With("component", "membership")}
+		prov = &placement.StaticProvider{Cluster: cl, Node: self.Name, TLS: mtls, Log: n.log.With("component", "membership")}
 	}
-	c = cluster.New(system, cluster.Configure(cl.Name, prov, disthash.New(), remote.Configure(host, port)))
+	c = cluster.New(system, cluster.Configure(cl.Name, prov, disthash.New(), remote.Configure(host, port, placement.RemoteOptions(mtls, self.Remote)...)))
 	defer func() { // StartMember panics when it cannot listen
 		if p := recover(); p != nil {
 			err = fmt.Errorf("cluster member on %s: %v", self.Remote, p)

@@ -66,6 +66,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintln(stderr, cl.UnknownNode(*nodeName))
 			return fmt.Errorf("--node %s is not in %s", *nodeName, *clusterFile)
 		}
+		if _, err := cl.LoadTLS(me.Name); err != nil {
+			fmt.Fprintln(stderr, err)
+			return fmt.Errorf("%s: the tls files of node %s are not usable", *clusterFile, me.Name)
+		}
 		if cfg.Redis.URL == "" {
 			fmt.Fprintf(stderr, "%s: redis.url: a cluster needs one Redis shared by its nodes (the embedded one is per process)\n", cfg.File)
 			return fmt.Errorf("%s is not valid for a cluster", f.config)
