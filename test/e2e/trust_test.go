@@ -551,7 +551,7 @@ func TestRedisACLAndTLS(t *testing.T) {
 		"--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", srvCert, "--tls-key-file", srvKey,
 		"--tls-ca-cert-file", ca.CertPEM, "--tls-auth-clients", "yes",
 		// PSUBSCRIBE patterns are matched literally against the ACL's.
-		"--user", "site-a", "on", ">site-a-secret-password", "~site-a:*", "&site-a:*", "&site-a:cmd:*:result", "+@all")
+		"--user", "site-a", "on", ">site-a-secret-password", "~site-a:*", "&site-a:*", "&site-a:cmd:*:result", "+@all", "-@dangerous")
 	mb := testenv.FreePort(t)
 	startSimFromPoints(t, controlPoints, mb)
 	httpPort := testenv.FreePort(t)
