@@ -49,20 +49,16 @@ type controlBody struct {
 }
 
 // parseControlBody decodes a control body strictly: one JSON object, known
-// fields only, value a finite number or true/false.
+// fields only, exactly cased and each at most once (strictjson.go), value a
+// finite number or true/false.
 func parseControlBody(data []byte) (controlRequest, error) {
 	var req controlRequest
 	if len(bytes.TrimSpace(data)) == 0 {
 		return req, errors.New(`empty body: want a JSON object such as {"value": 1}`)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	var b controlBody
-	if err := dec.Decode(&b); err != nil {
-		return req, fmt.Errorf("malformed JSON body: %s", jsonErrorText(err))
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return req, errors.New("malformed JSON body: unexpected data after the JSON object")
+	if err := decodeStrict(data, &b); err != nil {
+		return req, err
 	}
 	v, err := parseValue(b.Value)
 	if err != nil {
