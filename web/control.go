@@ -314,6 +314,11 @@ func (s *server) control(c *gin.Context) {
 	if req.Wait > 0 {
 		w = s.results.register(cmd.ID)
 		defer w.release()
+		// The answer may come after node.http_write_timeout: give it the
+		// wait on top (the ResponseController reaches net/http's writer
+		// through gin's Unwrap; it fails only under an unusual server).
+		d := max(req.Wait+10*time.Second, s.d.Config.Node.HTTPWriteTimeout)
+		_ = http.NewResponseController(c.Writer).SetWriteDeadline(time.Now().Add(d))
 	}
 	payload, _ := json.Marshal(cmd)
 	rctx, cancel = context.WithTimeout(ctx, redisTimeout)
@@ -364,10 +369,13 @@ func (s *server) acceptControl(c *gin.Context) (*messages.ControlCommand, contro
 	if req, err = parseControlBody(body); err != nil {
 		return nil, req, badRequest("bad_request", "%v", err)
 	}
+	note := auditNote(c) // for the audit, should it be refused from here on
+	note.id, note.value = req.ID, &req.Value
 	ch, p, herr := s.resolvePoint(chID, ptID, req.Type)
 	if herr != nil {
 		return nil, req, herr
 	}
+	note.point = p.Key(ch.ID).String()
 	if herr := checkValue(ch, p, req.Value); herr != nil {
 		return nil, req, herr
 	}
