@@ -52,7 +52,7 @@ type edgeEnv struct {
 }
 
 // edgeYAML is testYAML with an alarm and a short auth refill.
-var edgeYAML = strings.Replace(testYAML, "node: {name: web-test}", "node: {name: web-test, http_auth_refill: 500ms}", 1) +
+var edgeYAML = strings.Replace(testYAML, "node: {name: web-test}", "node: {name: web-test, http_auth_refill: 2s}", 1) +
 	`alarms:
   - {id: hv, point: "1001:m:10001", condition: ">", threshold: 250}
 `
@@ -191,8 +191,8 @@ func TestAuthThrottle(t *testing.T) {
 	if r := doWith(t, two, http.MethodGet, url, guess, ""); r.status != 401 {
 		t.Fatalf("wrong token from 127.0.0.2: %s", r)
 	}
-	// The bucket refills (500 ms per attempt here).
-	testenv.Eventually(t, 3*time.Second, func() bool {
+	// The bucket refills (2 s per attempt here).
+	testenv.Eventually(t, 5*time.Second, func() bool {
 		return doWith(t, one, http.MethodGet, url, viewerToken, "").status == 200
 	}, "right token accepted again after Retry-After")
 
