@@ -35,6 +35,15 @@ const (
 	DefaultMaxGap        = 16
 	DefaultSlaveID       = 1
 	DefaultAlarmLevel    = "major"
+
+	DefaultHTTPReadHeaderTimeout = 5 * time.Second
+	DefaultHTTPReadTimeout       = 10 * time.Second
+	DefaultHTTPWriteTimeout      = 60 * time.Second
+	DefaultHTTPIdleTimeout       = 60 * time.Second
+	DefaultHTTPMaxHeaderBytes    = 16 << 10
+	DefaultHTTPMaxConnsPerClient = 128
+	DefaultHTTPAuthBurst         = 10
+	DefaultHTTPAuthRefill        = 6 * time.Second
 )
 
 // Load reads the YAML configuration at path and the CSV point tables it names,
@@ -45,8 +54,9 @@ const (
 //
 // After a successful Load:
 //   - Config.File is path as given;
-//   - Node.DataDir and every Channel.PointsFile are absolute paths (relative
-//     ones are taken relative to the YAML file's directory);
+//   - Node.DataDir, every Channel.PointsFile and the files of Node.TLS are
+//     absolute paths (relative ones are taken relative to the YAML file's
+//     directory);
 //   - the token values of auth.tokens, influxdb.token and redis.url have
 //     their ${NAME} references replaced by environment variables;
 //   - Parameters.MaxGap is non-nil on Modbus channels (default 16) and nil on
@@ -211,6 +221,7 @@ func (l *loader) applyDefaults(c *Config) {
 	if !l.isSet("node.data_dir") {
 		c.Node.DataDir = DefaultDataDir
 	}
+	l.applyHTTPDefaults(&c.Node)
 	if c.Node.DataDir != "" {
 		c.Node.DataDir = l.resolvePath(c.Node.DataDir)
 	}

@@ -61,7 +61,7 @@ func TestParseErrors(t *testing.T) {
 	}
 	// Strictness and YAML types.
 	f("node: {name: a}\nnodes: {}\n", `plant.yaml:2: nodes: unknown field (want node, redis, influxdb, auth, channels, computations, alarms)`)
-	f("node:\n  name: a\n  htp: x\n", `plant.yaml:3: node.htp: unknown field (want name, http, data_dir)`)
+	f("node:\n  name: a\n  htp: x\n", `plant.yaml:3: node.htp: unknown field (want name, http, data_dir, http_read_header_timeout, http_read_timeout, http_write_timeout, http_idle_timeout, http_max_header_bytes, http_max_conns_per_client, http_auth_burst, http_auth_refill, tls)`)
 	f("node:\n  name: a\n  name: b\n", `plant.yaml:3: node.name: duplicate key (first at line 2)`)
 	f("node: [a]\n", `plant.yaml:1: node: want a mapping, got a list`)
 	f("channels: {id: 1}\n", `plant.yaml:1: channels: want a list, got a mapping`)
@@ -286,7 +286,7 @@ channels:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Node != (Node{Name: "n1", HTTP: "0.0.0.0:9000", DataDir: "/var/lib/voltage"}) {
+	if n := c.Node; n.Name != "n1" || n.HTTP != "0.0.0.0:9000" || n.DataDir != "/var/lib/voltage" {
 		t.Errorf("node %+v", c.Node)
 	}
 	p := c.Channels[0].Parameters

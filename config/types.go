@@ -30,6 +30,40 @@ type Node struct {
 	Name    string `yaml:"name"`     // default: the host name
 	HTTP    string `yaml:"http"`     // listen address, default 127.0.0.1:8080
 	DataDir string `yaml:"data_dir"` // default "data", relative to the YAML file
+
+	// Limits of the HTTP server (docs/http.md). A request's headers must
+	// arrive within HTTPReadHeaderTimeout (default 5s) and the whole
+	// request within HTTPReadTimeout (10s); an answer must be written
+	// within HTTPWriteTimeout (60s, at least 20s; POST /control with wait
+	// gets the wait on top); an idle keep-alive connection is closed after
+	// HTTPIdleTimeout (60s). WebSocket connections are not bound by these.
+	HTTPReadHeaderTimeout time.Duration `yaml:"http_read_header_timeout"`
+	HTTPReadTimeout       time.Duration `yaml:"http_read_timeout"`
+	HTTPWriteTimeout      time.Duration `yaml:"http_write_timeout"`
+	HTTPIdleTimeout       time.Duration `yaml:"http_idle_timeout"`
+	// HTTPMaxHeaderBytes bounds a request's headers (default 16384).
+	HTTPMaxHeaderBytes int `yaml:"http_max_header_bytes"`
+	// HTTPMaxConnsPerClient is how many connections one client address
+	// (an IPv6 /64) may hold open at once (default 128; 0: no limit);
+	// more are closed as soon as they are accepted.
+	HTTPMaxConnsPerClient int `yaml:"http_max_conns_per_client"`
+	// HTTPAuthBurst is how many failed authentications a client address
+	// may make before it is answered 429 (default 10); HTTPAuthRefill is
+	// how often one more is allowed again (default 6s: 10 a minute).
+	HTTPAuthBurst  int           `yaml:"http_auth_burst"`
+	HTTPAuthRefill time.Duration `yaml:"http_auth_refill"`
+	// TLS, when set, serves the API and the WebSocket over HTTPS only.
+	TLS *TLS `yaml:"tls"`
+}
+
+// TLS is the node's certificate for HTTPS (PEM files, relative to the YAML
+// file; Load makes them absolute and checks that they load).
+type TLS struct {
+	Cert string `yaml:"cert"` // certificate chain, leaf first
+	Key  string `yaml:"key"`  // its private key
+	// ClientCA, when set, requires every client to present a certificate
+	// signed by one of these CAs (mutual TLS).
+	ClientCA string `yaml:"client_ca"`
 }
 
 // Redis says which Redis to use; an empty URL starts an embedded server.

@@ -38,6 +38,7 @@ func (l *loader) validateNode(c *Config) {
 	if l.isSet("node.data_dir") && strings.TrimSpace(c.Node.DataDir) == "" {
 		l.errorf("node.data_dir", "must not be empty")
 	}
+	l.validateHTTP(&c.Node)
 	if c.Redis.URL != "" {
 		u, err := url.Parse(c.Redis.URL)
 		switch {

@@ -241,7 +241,8 @@ func (s *server) alarmEvents(c *gin.Context) {
 	c.JSON(http.StatusOK, out)
 }
 
-// alarmBody reads an optional JSON object body with the given fields.
+// alarmBody reads an optional JSON object body with the given fields,
+// strictly (strictjson.go).
 func alarmBody(c *gin.Context, dst any, required bool) *httpError {
 	data, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, maxAlarmBody))
 	if err != nil {
@@ -257,13 +258,8 @@ func alarmBody(c *gin.Context, dst any, required bool) *httpError {
 		}
 		return nil
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(dst); err != nil {
-		return badRequest("bad_request", "malformed JSON body: %s", jsonErrorText(err))
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return badRequest("bad_request", "malformed JSON body: unexpected data after the JSON object")
+	if err := decodeStrict(data, dst); err != nil {
+		return badRequest("bad_request", "%v", err)
 	}
 	return nil
 }

@@ -3,8 +3,11 @@ package web
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gin-gonic/gin"
 
@@ -73,6 +76,9 @@ type tokenEntry struct {
 // position of a match leaks through timing.
 type authenticator struct {
 	tokens []tokenEntry
+	// throttle refuses the credentials of client addresses that failed
+	// too often (throttle.go); nil: none.
+	throttle *authThrottle
 }
 
 func newAuthenticator(ts []config.Token) *authenticator {
@@ -121,7 +127,8 @@ func presentedToken(r *http.Request) (tok string, ok bool) {
 }
 
 // authenticate identifies the caller and stores the principal in the
-// context, or answers 401. Without configured tokens every caller is an
+// context, or answers 401 (429 while the client address is throttled for
+// failing too often). Without configured tokens every caller is an
 // anonymous viewer.
 func (a *authenticator) authenticate(c *gin.Context) {
 	if a.open() {
@@ -129,7 +136,15 @@ func (a *authenticator) authenticate(c *gin.Context) {
 		return
 	}
 	tok, ok := presentedToken(c.Request)
+	key, route := clientKey(c.Request.RemoteAddr), c.Request.Method+" "+c.FullPath()
+	if !ok || tok != "" { // a credential: refused unseen while throttled
+		if retry, throttled := a.throttle.check(key, route, time.Now()); throttled {
+			tooManyFailures(c, retry)
+			return
+		}
+	}
 	if !ok {
+		a.throttle.fail(key, route, time.Now())
 		unauthorized(c, "the Authorization header must be \"Bearer TOKEN\"")
 		return
 	}
@@ -143,10 +158,20 @@ func (a *authenticator) authenticate(c *gin.Context) {
 	}
 	e, found := a.lookup(tok)
 	if !found {
+		a.throttle.fail(key, route, time.Now())
 		unauthorized(c, "unknown token")
 		return
 	}
 	c.Set(principalKey, principal{name: e.name, role: e.role})
+}
+
+// tooManyFailures answers 429: the client address failed authentication
+// too often; Retry-After says in how many seconds it may try again.
+func tooManyFailures(c *gin.Context, retry time.Duration) {
+	secs := retrySeconds(retry)
+	c.Header("Retry-After", strconv.Itoa(secs))
+	abort(c, http.StatusTooManyRequests, "too_many_requests",
+		fmt.Sprintf("too many failed authentications from this address: try again in %d s", secs))
 }
 
 func unauthorized(c *gin.Context, msg string) {

@@ -47,20 +47,16 @@ type controlBody struct {
 }
 
 // parseControlBody decodes a control body strictly: one JSON object, known
-// fields only, value a finite number or true/false.
+// fields only, exactly cased and each at most once (strictjson.go), value a
+// finite number or true/false.
 func parseControlBody(data []byte) (controlRequest, error) {
 	var req controlRequest
 	if len(bytes.TrimSpace(data)) == 0 {
 		return req, errors.New(`empty body: want a JSON object such as {"value": 1}`)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	var b controlBody
-	if err := dec.Decode(&b); err != nil {
-		return req, fmt.Errorf("malformed JSON body: %s", jsonErrorText(err))
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return req, errors.New("malformed JSON body: unexpected data after the JSON object")
+	if err := decodeStrict(data, &b); err != nil {
+		return req, err
 	}
 	v, err := parseValue(b.Value)
 	if err != nil {
@@ -305,6 +301,11 @@ func (s *server) control(c *gin.Context) {
 	if req.Wait > 0 {
 		w = s.results.register(cmd.ID)
 		defer w.release()
+		// The answer may come after node.http_write_timeout: give it the
+		// wait on top (the ResponseController reaches net/http's writer
+		// through gin's Unwrap; it fails only under an unusual server).
+		d := max(req.Wait+10*time.Second, s.d.Config.Node.HTTPWriteTimeout)
+		_ = http.NewResponseController(c.Writer).SetWriteDeadline(time.Now().Add(d))
 	}
 	payload, err := s.d.CommandKey.Encode(cmd)
 	if err != nil {
@@ -359,10 +360,13 @@ func (s *server) acceptControl(c *gin.Context) (*messages.ControlCommand, contro
 	if req, err = parseControlBody(body); err != nil {
 		return nil, req, badRequest("bad_request", "%v", err)
 	}
+	note := auditNote(c) // for the audit, should it be refused from here on
+	note.id, note.value = req.ID, &req.Value
 	ch, p, herr := s.resolvePoint(chID, ptID, req.Type)
 	if herr != nil {
 		return nil, req, herr
 	}
+	note.point = p.Key(ch.ID).String()
 	if herr := checkValue(ch, p, req.Value); herr != nil {
 		return nil, req, herr
 	}

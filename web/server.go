@@ -58,6 +58,12 @@ type Deps struct {
 	// WSBacklog is how many frames may wait for a slow WebSocket client
 	// before it is disconnected; default 64.
 	WSBacklog int
+	// Audit receives the refused attempts on the control and alarm action
+	// routes (401, 403, 400, 404, 413, 429); nil: none.
+	Audit messages.AuditSink
+	// Metrics counts failed and throttled authentications (nil: none);
+	// the same value goes to ServerOptions.Metrics.
+	Metrics *HTTPMetrics
 }
 
 // NewHandler builds the gin engine with every route.
@@ -70,11 +76,14 @@ func NewHandler(d Deps) http.Handler {
 		d.Context = context.Background()
 	}
 	s := &server{d: d, points: newPointIndex(d.Config), auth: newAuthenticator(d.Config.Auth.Tokens)}
+	if n := d.Config.Node; n.HTTPAuthBurst > 0 && n.HTTPAuthRefill > 0 {
+		s.auth.throttle = newAuthThrottle(n.HTTPAuthBurst, n.HTTPAuthRefill, d.Log, d.Metrics)
+	}
 	if d.Redis != nil {
 		s.results = newResultWaiter(d.Context, d.Redis, d.Keys, d.Log)
 	}
 	r := gin.New()
-	r.Use(gin.CustomRecovery(func(c *gin.Context, err any) {
+	r.Use(securityHeaders, gin.CustomRecovery(func(c *gin.Context, err any) {
 		d.Log.Error("http handler panicked", "path", c.Request.URL.Path, "err", err)
 		abort(c, http.StatusInternalServerError, "internal", "internal error")
 	}))
@@ -98,7 +107,7 @@ func NewHandler(d Deps) http.Handler {
 	api.GET("/alarms", s.listAlarms)
 	api.GET("/alarms/events", s.alarmEvents)
 	api.GET("/alarms/:id", s.getAlarm)
-	operator := r.Group("/", s.auth.authenticate, s.auth.require(roleOperator))
+	operator := r.Group("/", s.auditRefused, s.auth.authenticate, s.auth.require(roleOperator))
 	operator.POST("/control/:channel_id/:point_id", s.control)
 	operator.POST("/api/alarms/:id/ack", s.ackAlarm)
 	operator.POST("/api/alarms/:id/shelve", s.shelveAlarm)
@@ -126,7 +135,9 @@ type apiError struct {
 }
 
 func abort(c *gin.Context, status int, code, msg string) {
-	c.AbortWithStatusJSON(status, gin.H{"error": apiError{Code: code, Message: msg}})
+	e := apiError{Code: code, Message: msg}
+	c.Set(errorKey, e) // for the audit of refused requests
+	c.AbortWithStatusJSON(status, gin.H{"error": e})
 }
 
 func (s *server) health(c *gin.Context) {

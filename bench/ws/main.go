@@ -17,8 +17,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"runtime/debug"
@@ -32,6 +30,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/voltage-ems/voltage/bench/benchnode"
+	"github.com/voltage-ems/voltage/config"
 	"github.com/voltage-ems/voltage/web"
 )
 
@@ -75,11 +74,16 @@ func run(sessions, points int, interval, duration time.Duration) error {
 	defer cancel()
 	h := web.NewHandler(web.Deps{Config: n.Config, Redis: rdb, Gatherer: prometheus.NewRegistry(), Context: ctx,
 		Sessions: n.Sessions, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// The node's server with the default limits, except the connections
+	// per client address: every session comes from 127.0.0.1 here.
+	opts := web.ServerOptions{ReadHeaderTimeout: config.DefaultHTTPReadHeaderTimeout, ReadTimeout: config.DefaultHTTPReadTimeout,
+		WriteTimeout: config.DefaultHTTPWriteTimeout, IdleTimeout: config.DefaultHTTPIdleTimeout,
+		MaxHeaderBytes: config.DefaultHTTPMaxHeaderBytes, MaxConnsPerClient: sessions + 16}
+	ln, err := web.Listen("127.0.0.1:0", opts)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: h}
+	srv := web.NewServer(h, opts)
 	go srv.Serve(ln)
 	defer srv.Close()
 

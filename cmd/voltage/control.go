@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -11,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -36,7 +39,10 @@ func cmdControl(args []string, stdout, stderr io.Writer) error {
 	id := fs.String("id", "", "idempotency `key` (default: a random UUID)")
 	wait := fs.Duration("wait", 5*time.Second, "how long to wait for the result (at most 30s)")
 	timeout := fs.Duration("timeout", 0, "how old the command may be when the channel executes it (default 5s)")
-	base := fs.String("url", "", "the node's HTTP `URL` (default: http://{node.http of -c FILE})")
+	base := fs.String("url", "", "the node's HTTP `URL` (default: http://{node.http of -c FILE}, https:// when it has node.tls)")
+	caFile := fs.String("ca", "", "CA certificate `file` (PEM) to trust for https (default: the node's own certificate, node.tls.cert of -c FILE; else the system's roots)")
+	certFile := fs.String("cert", "", "client certificate `file` (PEM) for a node with node.tls.client_ca (mutual TLS)")
+	keyFile := fs.String("key", "", "the client certificate's private key `file` (PEM)")
 	viaRedis := fs.Bool("via-redis", false, "publish the command on the node's Redis (signed with auth.command_key of -c FILE) instead of the HTTP API")
 	user := fs.String("user", cliUser(), "with --via-redis: the `name` recorded as the command's user")
 	if err := fs.Parse(args); err != nil {
@@ -80,13 +86,30 @@ func cmdControl(args []string, stdout, stderr io.Writer) error {
 		}
 		return controlViaRedis(*cfgFile, controlRequest{key: key, value: fv, id: *id, wait: *wait, timeout: *timeout, user: *user}, stdout, stderr)
 	}
+	if (*certFile == "") != (*keyFile == "") {
+		return usageError{"--cert FILE and --key FILE go together"}
+	}
+	var node nodeAddr
+	if *cfgFile != "" {
+		if node, err = readNodeAddr(*cfgFile); err != nil {
+			return err
+		}
+	}
 	if *base == "" {
 		if *cfgFile == "" {
 			return usageError{"-c FILE or --url URL is required"}
 		}
-		if *base, err = nodeURL(*cfgFile); err != nil {
+		*base = node.url
+	}
+	client := &http.Client{Timeout: *wait + 10*time.Second}
+	if strings.HasPrefix(strings.ToLower(*base), "https://") {
+		tc, err := clientTLS(*caFile, *certFile, *keyFile, node.cert)
+		if err != nil {
 			return err
 		}
+		client.Transport = &http.Transport{TLSClientConfig: tc, Proxy: http.ProxyFromEnvironment}
+	} else if *caFile != "" || *certFile != "" {
+		return usageError{fmt.Sprintf("--ca, --cert and --key are for https, and %s is not https", *base)}
 	}
 
 	body := map[string]any{"value": v, "type": key.Type.String(), "wait": wait.String()}
@@ -106,10 +129,9 @@ func cmdControl(args []string, stdout, stderr io.Writer) error {
 	if tok := os.Getenv(tokenEnv); tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}
-	client := &http.Client{Timeout: *wait + 10*time.Second}
 	resp, err := client.Do(req)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", req.Method, url, err)
+		return fmt.Errorf("%s %s: %w%s", req.Method, url, err, tlsHint(err, node, *certFile != ""))
 	}
 	defer resp.Body.Close()
 	answer, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
@@ -175,20 +197,32 @@ func httpFailure(resp *http.Response, body []byte) error {
 	return fmt.Errorf("%s: %.200s", resp.Status, bytes.TrimSpace(body))
 }
 
-// nodeURL reads node.http from the configuration file. Only that field is
-// read, so the tokens' environment variables need not be set here.
-func nodeURL(file string) (string, error) {
+// nodeAddr is what the CLI reads of a node's configuration.
+type nodeAddr struct {
+	url      string // http://host:port or https://host:port
+	cert     string // node.tls.cert, relative to the config file's directory; "" without TLS
+	clientCA bool   // node.tls.client_ca is set: the node wants a client certificate
+}
+
+// readNodeAddr reads node.http and node.tls from the configuration file.
+// Only those fields are read, so the tokens' environment variables need not
+// be set here.
+func readNodeAddr(file string) (nodeAddr, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {
-		return "", err
+		return nodeAddr{}, err
 	}
 	var c struct {
 		Node struct {
 			HTTP string `yaml:"http"`
+			TLS  *struct {
+				Cert     string `yaml:"cert"`
+				ClientCA string `yaml:"client_ca"`
+			} `yaml:"tls"`
 		} `yaml:"node"`
 	}
 	if err := yaml.Unmarshal(data, &c); err != nil {
-		return "", fmt.Errorf("%s: %w", file, err)
+		return nodeAddr{}, fmt.Errorf("%s: %w", file, err)
 	}
 	addr := c.Node.HTTP
 	if addr == "" {
@@ -196,7 +230,7 @@ func nodeURL(file string) (string, error) {
 	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return "", fmt.Errorf("%s: node.http %q: %w", file, addr, err)
+		return nodeAddr{}, fmt.Errorf("%s: node.http %q: %w", file, addr, err)
 	}
 	switch host {
 	case "", "0.0.0.0":
@@ -204,5 +238,58 @@ func nodeURL(file string) (string, error) {
 	case "::":
 		host = "::1"
 	}
-	return "http://" + net.JoinHostPort(host, port), nil
+	n := nodeAddr{url: "http://" + net.JoinHostPort(host, port)}
+	if t := c.Node.TLS; t != nil {
+		n.url = "https://" + net.JoinHostPort(host, port)
+		n.clientCA = t.ClientCA != ""
+		if n.cert = t.Cert; n.cert != "" && !filepath.IsAbs(n.cert) {
+			n.cert = filepath.Join(filepath.Dir(file), n.cert)
+		}
+	}
+	return n, nil
+}
+
+// clientTLS is the CLI's TLS configuration: trust caFile, else the node's
+// own certificate (nodeCert: the CLI on the node's host trusts exactly that
+// certificate, whoever signed it), else the system's roots; present
+// certFile when given.
+func clientTLS(caFile, certFile, keyFile, nodeCert string) (*tls.Config, error) {
+	c := &tls.Config{MinVersion: tls.VersionTLS12}
+	trust, flag := caFile, "--ca"
+	if trust == "" {
+		trust, flag = nodeCert, "node.tls.cert"
+	}
+	if trust != "" {
+		pem, err := os.ReadFile(trust)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", flag, err)
+		}
+		c.RootCAs = x509.NewCertPool()
+		if !c.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s: %s holds no PEM certificate", flag, trust)
+		}
+	}
+	if certFile != "" {
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--cert %s --key %s: %w", certFile, keyFile, err)
+		}
+		c.Certificates = []tls.Certificate{pair}
+	}
+	return c, nil
+}
+
+// tlsHint says what to do about a failed TLS handshake.
+func tlsHint(err error, node nodeAddr, haveCert bool) string {
+	var ua x509.UnknownAuthorityError
+	var he x509.HostnameError
+	switch {
+	case errors.As(err, &ua):
+		return " (the node's certificate is not signed by a CA this command trusts: give --ca FILE)"
+	case errors.As(err, &he):
+		return " (the node's certificate is not valid for this address: use --url with a name it has)"
+	case !haveCert && (node.clientCA || strings.Contains(err.Error(), "certificate required")):
+		return " (the node requires a client certificate: give --cert FILE --key FILE)"
+	}
+	return ""
 }

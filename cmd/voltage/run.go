@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -385,8 +384,14 @@ func (n *nodeRun) run(ctx context.Context) error {
 	}
 
 	if err := n.step("http", func() error {
+		hlog := log.With("component", "http")
+		opts, err := web.ServerOptionsOf(&cfg.Node)
+		if err != nil {
+			return err
+		}
+		opts.Log, opts.Metrics = hlog, web.NewHTTPMetrics(reg)
 		h := web.NewHandler(web.Deps{
-			Config: cfg, Redis: api, Keys: keys, CommandKey: cmdKey, Gatherer: reg, Version: version, Log: log.With("component", "http"), Context: ctx,
+			Config: cfg, Redis: api, Keys: keys, CommandKey: cmdKey, Gatherer: reg, Version: version, Log: hlog, Context: ctx, Metrics: opts.Metrics,
 			Sessions: sessions, History: store, Computations: computations, Alarms: alarmActions, Cluster: n.clusterView(api, system),
 			Status: func(ctx context.Context, id uint32) (*messages.ChannelStatus, error) {
 				res, err := system.Root.RequestFuture(channels, &messages.GetChannelStatus{ChannelID: id}, time.Second).Result()
@@ -413,18 +418,24 @@ func (n *nodeRun) run(ctx context.Context) error {
 				return nil
 			},
 		})
-		ln, err := net.Listen("tcp", cfg.Node.HTTP)
+		ln, err := web.Listen(cfg.Node.HTTP, opts)
 		if err != nil {
 			return err
 		}
-		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		srv := web.NewServer(h, opts)
 		go func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("http server failed", "err", err)
 			}
 		}()
-		log.Info("http listening", "addr", "http://"+ln.Addr().String(),
-			"try", "curl http://"+ln.Addr().String()+"/api/points?pattern=*")
+		base, try := "http://"+ln.Addr().String(), "curl "
+		if opts.TLS != nil {
+			base, try = "https://"+ln.Addr().String(), "curl --cacert CA.crt "
+			if cfg.Node.TLS.ClientCA != "" {
+				try += "--cert CLIENT.crt --key CLIENT.key "
+			}
+		}
+		log.Info("http listening", "addr", base, "try", try+base+"/api/points?pattern=*")
 		n.onStop("http", func() {
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()

@@ -127,7 +127,8 @@ function errorText(data, status) {
   return 'HTTP ' + status;
 }
 
-// api calls the node's REST API with the token; a 401 shows the login.
+// api calls the node's REST API with the token; a 401 (or a 429: this
+// address failed to sign in too often) shows the login.
 async function api(path, { method = 'GET', body } = {}) {
   const headers = {};
   if (state.token) headers.Authorization = 'Bearer ' + state.token;
@@ -138,6 +139,11 @@ async function api(path, { method = 'GET', body } = {}) {
   if (resp.status === 401) {
     showLogin(state.token ? 'The token was not accepted: ' + errorText(data, 401) : 'This node needs an API token.');
     throw new AuthError(errorText(data, 401));
+  }
+  if (resp.status === 429) { // too many failed sign-ins from this address
+    const secs = resp.headers.get('Retry-After');
+    showLogin('Too many failed sign-ins from this address' + (secs ? `: try again in ${secs} s.` : '.'));
+    throw new AuthError(errorText(data, 429));
   }
   return { status: resp.status, ok: resp.ok, data };
 }
