@@ -271,7 +271,30 @@ func precheck(path string) (reason, note string, err error) {
 		return "", "", nil // bbolt initialises it
 	}
 	reason, note = checkMetas(f, st.Size())
+	if reason == "" {
+		reason = preread(f)
+	}
 	return reason, note, nil
+}
+
+// preread reads the whole file once, in order, before bbolt maps it. bbolt
+// advises the kernel that its mapping is read at random, so the walk would
+// fault the pages in one by one: 2 s for a 150 MiB history.db out of the
+// page cache here, against 0.2 s after this read (docs/storage.md). A read
+// error (a bad sector) is damage: through the mapping it would be a SIGBUS.
+func preread(f *os.File) (reason string) {
+	buf := make([]byte, 1<<20)
+	var off int64
+	for {
+		n, err := f.ReadAt(buf, off)
+		off += int64(n)
+		if errors.Is(err, io.EOF) {
+			return ""
+		}
+		if err != nil {
+			return fmt.Sprintf("read error at byte %d: %v", off, err)
+		}
+	}
 }
 
 // openWalked opens the file and walks it, both with memory faults and
@@ -286,6 +309,17 @@ func openWalked(path string, opts BoltOptions) (*bolt.DB, error) {
 			file = f
 			return f, err
 		},
+	}
+	if os.Getenv("VOLTAGE_PREREAD") == "read" {
+		if f, err := os.Open(path); err == nil {
+			buf := make([]byte, 1<<20)
+			for {
+				if _, err := f.Read(buf); err != nil {
+					break
+				}
+			}
+			f.Close()
+		}
 	}
 	var db *bolt.DB
 	err := guarded(func() error {
