@@ -124,6 +124,10 @@ func OpenDedupe(path string, o DedupeOptions) (*Dedupe, error) {
 	}
 	if damage != nil && damage.MovedTo != "" {
 		n = 0
+		o.Log.Error("dedupe store: damaged file moved aside, starting empty (ids executed before are forgotten)",
+			"file", path, "moved_to", damage.MovedTo, "reason", damage.Reason)
+	} else if damage != nil {
+		o.Log.Error("dedupe store: damaged meta page skipped, file kept", "file", path, "reason", damage.Reason)
 	}
 	d := &Dedupe{db: db, damage: damage, o: o, log: o.Log,
 		claims: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "voltage_dedupe_claims_total",
