@@ -64,6 +64,9 @@ type Deps struct {
 	// Metrics counts failed and throttled authentications (nil: none);
 	// the same value goes to ServerOptions.Metrics.
 	Metrics *HTTPMetrics
+	// Warnings lists the problems the node recovered from (damaged files
+	// moved aside), shown on /ready (still 200) and /api/status (nil: none).
+	Warnings func() []Warning
 }
 
 // NewHandler builds the gin engine with every route.
@@ -104,6 +107,7 @@ func NewHandler(d Deps) http.Handler {
 	api.GET("/commands/:id", s.command)
 	api.GET("/whoami", s.whoami)
 	api.GET("/cluster", s.cluster)
+	api.GET("/status", s.statusHandler(time.Now()))
 	api.GET("/alarms", s.listAlarms)
 	api.GET("/alarms/events", s.alarmEvents)
 	api.GET("/alarms/:id", s.getAlarm)
@@ -153,7 +157,7 @@ func (s *server) ready(c *gin.Context) {
 			return
 		}
 	}
-	c.JSON(http.StatusOK, gin.H{"status": "ready"})
+	c.JSON(http.StatusOK, s.readyBody())
 }
 
 // channelJSON is a channel's configuration and live status.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -12,6 +13,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/voltage-ems/voltage/actors/durable"
 	"github.com/voltage-ems/voltage/messages"
 )
 
@@ -49,6 +51,7 @@ const (
 // file with one bucket per point, pruned to a retention period.
 type Embedded struct {
 	db        *bolt.DB
+	damage    *durable.Damage
 	retention time.Duration
 	log       *slog.Logger
 
@@ -63,6 +66,10 @@ var _ Store = (*Embedded)(nil)
 // OpenEmbedded opens (or creates) the embedded history at path, creating its
 // directory, prunes samples older than retention (DefaultRetention when 0
 // or less), and prunes again every hour until Close.
+//
+// The file is checked first (durable.OpenBolt, every sample decoded): a
+// damaged one is moved aside, logged, and the store starts empty; Damage
+// says what happened.
 func OpenEmbedded(path string, retention time.Duration, log *slog.Logger) (*Embedded, error) {
 	if retention <= 0 {
 		retention = DefaultRetention
@@ -70,7 +77,7 @@ func OpenEmbedded(path string, retention time.Duration, log *slog.Logger) (*Embe
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	db, err := openBolt(path)
+	db, damage, err := openChecked(path, checkEmbedded, log, "embedded history")
 	if err != nil {
 		return nil, fmt.Errorf("embedded history %s: %w", path, err)
 	}
@@ -93,7 +100,7 @@ func OpenEmbedded(path string, retention time.Duration, log *slog.Logger) (*Embe
 		_ = db.Close()
 		return nil, fmt.Errorf("embedded history %s: %w", path, err)
 	}
-	e := &Embedded{db: db, retention: retention, log: log}
+	e := &Embedded{db: db, damage: damage, retention: retention, log: log}
 	// The first pass runs before Open returns, so that what a caller writes
 	// afterwards is only pruned by a later pass or its own Prune.
 	e.prune(time.Now())
@@ -102,6 +109,46 @@ func OpenEmbedded(path string, retention time.Duration, log *slog.Logger) (*Embe
 	e.wg.Add(1)
 	go e.pruneLoop(ctx)
 	return e, nil
+}
+
+// Damage is what the check at open found wrong with the file (nil: it was
+// intact, new or missing).
+func (e *Embedded) Damage() *durable.Damage { return e.damage }
+
+// checkEmbedded validates one entry of the file for durable.OpenBolt: the
+// layout above, every sample's size and quality, the format version.
+func checkEmbedded(path [][]byte, k, v []byte) error {
+	switch len(path) {
+	case 0:
+		if !bytes.Equal(k, embMeta) && !bytes.Equal(k, embPoints) {
+			return errors.New("unexpected top-level bucket (not a history store)")
+		}
+	case 1:
+		if bytes.Equal(path[0], embMeta) {
+			if bytes.Equal(k, metaVersion) && (len(v) != 1 || v[0] != embVersion) {
+				return fmt.Errorf("format version %x, this voltage reads %d", v, embVersion)
+			}
+			return nil
+		}
+		if v != nil {
+			return errors.New("a value where a point's bucket belongs")
+		}
+		if _, err := messages.ParsePointKey(string(k)); err != nil {
+			return fmt.Errorf("bucket name: %w", err)
+		}
+	case 2:
+		switch {
+		case v == nil:
+			return errors.New("a bucket among a point's samples")
+		case len(k) != sampleKeyLen || len(v) != sampleValLen:
+			return fmt.Errorf("sample of %d+%d bytes, want %d+%d", len(k), len(v), sampleKeyLen, sampleValLen)
+		case messages.Quality(v[sampleValLen-1]) > messages.Stale:
+			return fmt.Errorf("sample quality %d", v[sampleValLen-1])
+		}
+	default:
+		return errors.New("buckets nested too deep (not a history store)")
+	}
+	return nil
 }
 
 func (e *Embedded) pruneLoop(ctx context.Context) {

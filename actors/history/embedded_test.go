@@ -2,8 +2,11 @@ package history
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"math"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,6 +15,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/voltage-ems/voltage/messages"
+	"github.com/voltage-ems/voltage/test/testenv"
 )
 
 func openEmbedded(t testing.TB, path string, retention time.Duration, log *slog.Logger) *Embedded {
@@ -349,4 +353,145 @@ func BenchmarkEmbeddedQuery(b *testing.B) {
 		n += 86_400
 	}
 	b.ReportMetric(float64(n)/time.Since(start).Seconds(), "samples/s")
+}
+
+// damageSh runs dd or truncate on a history file.
+func damageSh(t *testing.T, name string, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+}
+
+// bucketPage returns the root page of a nested bucket of the closed file.
+func bucketPage(t *testing.T, path string, names ...string) uint64 {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var root uint64
+	_ = db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte(names[0]))
+		for _, n := range names[1:] {
+			b = b.Bucket([]byte(n))
+		}
+		root = uint64(b.Root())
+		return nil
+	})
+	if root == 0 {
+		t.Fatalf("bucket %v is inline", names)
+	}
+	return root
+}
+
+// TestEmbeddedDamagedFileStartsEmpty damages a history file with the real
+// dd and truncate, the way issue 12 found it (a garbage page panicked
+// bbolt, a truncated file died with SIGBUS): the store opens empty and
+// works, the damaged file is next to it, the error is logged.
+func TestEmbeddedDamagedFileStartsEmpty(t *testing.T) {
+	start := time.Now().Add(-time.Hour).Truncate(time.Second)
+	fill := func(t *testing.T, path string) {
+		e, err := OpenEmbedded(path, 0, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		batch := make([]messages.PointUpdate, 0, 3000)
+		for i := 0; i < 3000; i++ {
+			batch = append(batch, embUpd(embKeyV, start.Add(time.Duration(i)*time.Second), float64(i)))
+		}
+		if err := e.Write(context.Background(), batch); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := func(name string, damage func(t *testing.T, path string), want string) {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "history.db")
+			fill(t, path)
+			damage(t, path)
+			var logs testenv.LogBuffer
+			e := openEmbedded(t, path, 0, slog.New(slog.NewTextHandler(&logs, nil)))
+			d := e.Damage()
+			if d == nil || d.MovedTo == "" || !strings.Contains(d.Reason, want) {
+				t.Fatalf("damage %+v, want a reason with %q", d, want)
+			}
+			if _, err := os.Stat(d.MovedTo); err != nil || filepath.Dir(d.MovedTo) != filepath.Dir(path) ||
+				!strings.HasPrefix(filepath.Base(d.MovedTo), "history.db.corrupt-") {
+				t.Fatalf("damaged file at %q: %v", d.MovedTo, err)
+			}
+			if !strings.Contains(logs.String(), "level=ERROR") || !strings.Contains(logs.String(), "damaged file moved aside") {
+				t.Fatalf("not logged as an error:\n%s", logs.String())
+			}
+			q := Query{Points: []messages.PointKey{embKeyV}, Start: start.Add(-time.Hour), End: time.Now().Add(time.Hour), Every: 24 * time.Hour, Fn: FnCount}
+			if got := embQuery(t, e, q); len(got[0].Points) != 0 {
+				t.Fatalf("fresh store has samples: %v", got[0].Points)
+			}
+			if err := e.Write(context.Background(), []messages.PointUpdate{embUpd(embKeyV, time.Now(), 1)}); err != nil {
+				t.Fatal(err)
+			}
+			if got := embQuery(t, e, q); len(got[0].Points) != 1 || got[0].Points[0].Value != 1 {
+				t.Fatalf("fresh store: %v", got[0].Points)
+			}
+		})
+	}
+	f("dd over a point's page", func(t *testing.T, path string) {
+		page := bucketPage(t, path, "points", embKeyV.String())
+		damageSh(t, "dd", "if=/dev/urandom", "of="+path, "bs=4096", fmt.Sprint("seek=", page), "count=1", "conv=notrunc", "status=none")
+	}, "bbolt panicked")
+	f("truncated", func(t *testing.T, path string) {
+		st, _ := os.Stat(path)
+		damageSh(t, "truncate", "-s", fmt.Sprint(st.Size()/2), path)
+	}, "truncated")
+	f("replaced by text", func(t *testing.T, path string) {
+		if err := os.WriteFile(path, []byte(strings.Repeat("not a database\n", 1000)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}, "not a bbolt file")
+	f("a sample of the wrong size", func(t *testing.T, path string) {
+		db, err := bolt.Open(path, 0o600, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = db.Update(func(tx *bolt.Tx) error {
+			return tx.Bucket(embPoints).Bucket([]byte(embKeyV.String())).Put([]byte{1, 2, 3}, []byte{4})
+		})
+		_ = db.Close()
+	}, "bucket points/1001:m:10001/0x010203: sample of 3+1 bytes, want 9+9")
+	f("the spool's file", func(t *testing.T, path string) {
+		if err := os.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+		s, err := OpenSpool(path, 0, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = s.Close()
+	}, "not a history store")
+}
+
+// TestEmbeddedIntactFileKeepsSamples: the check at open finds nothing on
+// an intact file and the samples are still there.
+func TestEmbeddedIntactFileKeepsSamples(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "history.db")
+	now := time.Now().Truncate(time.Second)
+	e, err := OpenEmbedded(path, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Write(context.Background(), []messages.PointUpdate{embUpd(embKeyV, now, 230), embUpd(embKeyS, now, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	_ = e.Close()
+	e = openEmbedded(t, path, 0, nil)
+	if d := e.Damage(); d != nil {
+		t.Fatalf("intact file: %v", d)
+	}
+	got := embQuery(t, e, Query{Points: []messages.PointKey{embKeyV, embKeyS}, Start: now.Add(-time.Minute), End: now.Add(time.Minute), Every: time.Hour, Fn: FnLast})
+	if len(got[0].Points) != 1 || got[0].Points[0].Value != 230 || len(got[1].Points) != 1 {
+		t.Fatalf("samples after reopen: %+v", got)
+	}
 }

@@ -1,17 +1,17 @@
 package history
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/voltage-ems/voltage/actors/durable"
 	"github.com/voltage-ems/voltage/messages"
 )
 
@@ -47,6 +47,7 @@ var errSpoolClosed = errors.New("history spool is closed")
 type Spool struct {
 	log      *slog.Logger
 	maxBytes int64
+	damage   *durable.Damage
 
 	mu     sync.Mutex
 	db     *bolt.DB // nil once closed
@@ -62,15 +63,20 @@ type Spool struct {
 // the bytes of the batches kept, pending and set aside (keys and values;
 // the file itself takes somewhat more, and bbolt files never shrink); 0 or
 // less means no bound.
+//
+// The file is checked first (durable.OpenBolt): a damaged one is moved
+// aside, logged, and the spool starts empty; Damage says what happened. A
+// batch that does not decode is no damage of the file: Oldest sets it
+// aside.
 func OpenSpool(path string, maxBytes int64, log *slog.Logger) (*Spool, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	db, err := openBolt(path)
+	db, damage, err := openChecked(path, checkSpool, log, "history spool")
 	if err != nil {
 		return nil, fmt.Errorf("history spool %s: %w", path, err)
 	}
-	s := &Spool{log: log, maxBytes: maxBytes, db: db}
+	s := &Spool{log: log, maxBytes: maxBytes, db: db, damage: damage}
 	if err := db.Update(s.load); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("history spool %s: %w", path, err)
@@ -78,15 +84,54 @@ func OpenSpool(path string, maxBytes int64, log *slog.Logger) (*Spool, error) {
 	return s, nil
 }
 
-// openBolt opens a bbolt file with durable commits, creating its directory.
-func openBolt(path string) (*bolt.DB, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, err
-	}
-	return bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:      2 * time.Second, // another process holds the file
-		FreelistType: bolt.FreelistMapType,
+// openChecked opens a bbolt file with durable commits through
+// durable.OpenBolt, creating its directory, and logs the damage it found.
+func openChecked(path string, check durable.CheckFunc, log *slog.Logger, what string) (*bolt.DB, *durable.Damage, error) {
+	db, d, err := durable.OpenBolt(path, durable.BoltOptions{
+		Check:   check,
+		Timeout: 2 * time.Second, // another handle holds the file
 	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if d != nil && d.MovedTo != "" {
+		log.Error(what+": damaged file moved aside, starting empty", "file", path, "moved_to", d.MovedTo, "reason", d.Reason)
+	} else if d != nil {
+		log.Error(what+": damaged meta page skipped, file kept", "file", path, "reason", d.Reason)
+	}
+	return db, d, nil
+}
+
+// Damage is what the check at open found wrong with the file (nil: it was
+// intact, new or missing).
+func (s *Spool) Damage() *durable.Damage { return s.damage }
+
+// checkSpool validates one entry of the file for durable.OpenBolt: the
+// layout above and the format version (batches are decoded when read).
+func checkSpool(path [][]byte, k, v []byte) error {
+	switch len(path) {
+	case 0:
+		if !bytes.Equal(k, spoolPending) && !bytes.Equal(k, spoolRejected) && !bytes.Equal(k, spoolMeta) {
+			return errors.New("unexpected top-level bucket (not a history spool)")
+		}
+	case 1:
+		switch {
+		case v == nil:
+			return errors.New("unexpected nested bucket (not a history spool)")
+		case bytes.Equal(path[0], spoolMeta):
+			if bytes.Equal(k, metaVersion) && (len(v) != 1 || v[0] != spoolVersion) {
+				return fmt.Errorf("format version %x, this voltage reads %d", v, spoolVersion)
+			}
+			if bytes.Equal(k, metaSeq) && len(v) != 8 {
+				return fmt.Errorf("batch sequence of %d bytes, want 8", len(v))
+			}
+		case len(k) != 8:
+			return fmt.Errorf("batch id of %d bytes, want 8", len(k))
+		}
+	default:
+		return errors.New("buckets nested too deep (not a history spool)")
+	}
+	return nil
 }
 
 // load creates the buckets and rebuilds the counters: one pass over the

@@ -1,6 +1,7 @@
 package history
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -133,6 +134,9 @@ func TestSpoolSurvivesRestart(t *testing.T) {
 	}
 
 	s = openSpool(t, path, 0, nil)
+	if d := s.Damage(); d != nil {
+		t.Fatalf("intact spool reported damaged: %v", d)
+	}
 	if after := s.Stats(); after != before {
 		t.Fatalf("stats after reopen %+v, before %+v", after, before)
 	}
@@ -539,4 +543,59 @@ func BenchmarkSpoolReplay(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(n)/time.Since(start).Seconds(), "points/s")
+}
+
+// TestSpoolDamagedFileStartsEmpty: a spool file damaged with the real dd
+// and truncate opens empty and works; the damaged file is kept next to it.
+func TestSpoolDamagedFileStartsEmpty(t *testing.T) {
+	f := func(name string, damage func(t *testing.T, path string), want string) {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "spool.db")
+			s, err := OpenSpool(path, 0, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range 20 {
+				if err := s.Append(spoolBatch(100, int64(i)*1000, float64(i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_ = s.Close()
+			damage(t, path)
+			var logs testenv.LogBuffer
+			s = openSpool(t, path, 0, slog.New(slog.NewTextHandler(&logs, nil)))
+			d := s.Damage()
+			if d == nil || d.MovedTo == "" || !strings.Contains(d.Reason, want) {
+				t.Fatalf("damage %+v, want a reason with %q", d, want)
+			}
+			if _, err := os.Stat(d.MovedTo); err != nil || !strings.HasPrefix(filepath.Base(d.MovedTo), "spool.db.corrupt-") {
+				t.Fatalf("damaged file at %q: %v", d.MovedTo, err)
+			}
+			if !strings.Contains(logs.String(), "level=ERROR msg=\"history spool: damaged file moved aside, starting empty\"") {
+				t.Fatalf("not logged as an error:\n%s", logs.String())
+			}
+			if st := s.Stats(); st.Batches != 0 {
+				t.Fatalf("fresh spool stats %+v", st)
+			}
+			if err := s.Append(spoolBatch(3, 0, 0)); err != nil {
+				t.Fatal(err)
+			}
+			if _, got := mustOldest(t, s); !sameUpdates(got, spoolBatch(3, 0, 0)) {
+				t.Fatalf("fresh spool returns %+v", got)
+			}
+		})
+	}
+	f("dd over the pending batches' page", func(t *testing.T, path string) {
+		page := bucketPage(t, path, "pending")
+		damageSh(t, "dd", "if=/dev/urandom", "of="+path, "bs=4096", fmt.Sprint("seek=", page), "count=1", "conv=notrunc", "status=none")
+	}, "bbolt panicked")
+	f("truncated", func(t *testing.T, path string) {
+		st, _ := os.Stat(path)
+		damageSh(t, "truncate", "-s", fmt.Sprint(st.Size()/3), path)
+	}, "truncated")
+	f("zeros", func(t *testing.T, path string) {
+		if err := os.WriteFile(path, make([]byte, 1<<16), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}, "not a bbolt file")
 }

@@ -7,6 +7,8 @@
 //	voltage control -c FILE --point 1001:c:1 --value 1
 //	                                   send a control command over the HTTP API
 //	                                   (token from VOLTAGE_TOKEN), print the result
+//	voltage audit verify [-c FILE | --dir DATA_DIR]
+//	                                   check the chain of the audit file
 //	voltage version                    print the version
 package main
 
@@ -42,6 +44,9 @@ commands:
                              send a control command through the node's HTTP API
                              (token from $VOLTAGE_TOKEN), wait for the result and
                              print it; exit 0 only when the status is success
+  audit verify [-c FILE | --dir DATA_DIR]
+                             check the tamper-evident audit file (data_dir/audit.log
+                             and its rotated files); exit 1 where the chain breaks
   version                    print the version
 `
 
@@ -61,6 +66,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdSimulate(rest, stdout, stderr)
 	case "control":
 		err = cmdControl(rest, stdout, stderr)
+	case "audit":
+		err = cmdAudit(rest, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "voltage", version)
 		return 0

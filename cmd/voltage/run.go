@@ -28,6 +28,7 @@ import (
 	"github.com/voltage-ems/voltage/actors/alarm"
 	"github.com/voltage-ems/voltage/actors/alarm/notify"
 	"github.com/voltage-ems/voltage/actors/dag"
+	"github.com/voltage-ems/voltage/actors/durable"
 	"github.com/voltage-ems/voltage/actors/history"
 	"github.com/voltage-ems/voltage/actors/node"
 	"github.com/voltage-ems/voltage/actors/placement"
@@ -106,6 +107,12 @@ type nodeRun struct {
 	simulate bool
 	keys     messages.Keys // the site's Redis names (redis.prefix)
 	stops    []func()
+	// health lists the damaged files the node recovered from (/ready,
+	// /api/status); audit is the tamper-evident audit file and dedupe the
+	// durable store of executed command ids, both in data_dir.
+	health *durable.Health
+	audit  *durable.AuditLog
+	dedupe *durable.Dedupe
 }
 
 func (n *nodeRun) step(name string, f func() error) error {
@@ -169,6 +176,19 @@ func (n *nodeRun) run(ctx context.Context) error {
 	)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	// First, before anything opens a file in data_dir or a port: a second
+	// node on the same data_dir stops here, saying which process has it.
+	if err := n.step("data_dir lock", func() error {
+		l, err := durable.LockDataDir(cfg.Node.DataDir)
+		if err != nil {
+			return err
+		}
+		n.onStop("data_dir lock", func() { _ = l.Release() })
+		n.health = durable.NewHealth(reg, "history", "spool", "dedupe", "audit")
+		return nil
+	}); err != nil {
+		return err
+	}
 	if err := n.step("redis", func() (err error) {
 		if ro, err = n.redis(); err != nil {
 			return err
@@ -191,6 +211,9 @@ func (n *nodeRun) run(ctx context.Context) error {
 		n.onStop("history", hist.Stop) // idempotent: normally its actor stops it first
 		return nil
 	}); err != nil {
+		return err
+	}
+	if err := n.step("audit and dedupe", n.openAuditDedupe(reg)); err != nil {
 		return err
 	}
 	if err := n.step("actors", func() error {
@@ -393,6 +416,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 		h := web.NewHandler(web.Deps{
 			Config: cfg, Redis: api, Keys: keys, CommandKey: cmdKey, Gatherer: reg, Version: version, Log: hlog, Context: ctx, Metrics: opts.Metrics,
 			Sessions: sessions, History: store, Computations: computations, Alarms: alarmActions, Cluster: n.clusterView(api, system),
+			Warnings: n.warnings,
 			Status: func(ctx context.Context, id uint32) (*messages.ChannelStatus, error) {
 				res, err := system.Root.RequestFuture(channels, &messages.GetChannelStatus{ChannelID: id}, time.Second).Result()
 				if err != nil {
@@ -492,6 +516,9 @@ func (n *nodeRun) history(reg prometheus.Registerer) (*history.Writer, history.S
 		if err != nil {
 			return nil, nil, err
 		}
+		if d := e.Damage(); d != nil {
+			n.health.Report("history", d.String())
+		}
 		log.Info("embedded history (influxdb.url is empty)", "file", path, "retention", cfg.InfluxDB.Retention)
 		store = e
 	} else {
@@ -507,12 +534,62 @@ func (n *nodeRun) history(reg prometheus.Registerer) (*history.Writer, history.S
 		_ = store.Close()
 		return nil, nil, err
 	}
+	if d := sp.Damage(); d != nil {
+		n.health.Report("spool", d.String())
+	}
 	if st := sp.Stats(); st.Batches > 0 {
 		log.Info("spooled history from a previous run will be replayed", "batches", st.Batches, "points", st.Points)
 	}
 	w := history.NewWriter(store, sp, history.WriterOptions{BatchSize: cfg.InfluxDB.BatchSize,
 		FlushInterval: cfg.InfluxDB.FlushInterval, Log: log, Metrics: history.NewMetrics(reg)})
 	return w, store, nil
+}
+
+// openAuditDedupe opens the audit file (data_dir/audit.log) and the dedupe
+// store (data_dir/dedupe.db); both close after the actors have stopped.
+func (n *nodeRun) openAuditDedupe(reg prometheus.Registerer) func() error {
+	return func() error {
+		dir := n.cfg.Node.DataDir
+		alog := n.log.With("component", "audit")
+		a, err := durable.OpenAudit(filepath.Join(dir, "audit.log"), durable.AuditOptions{Node: n.cfg.Node.Name, Log: alog, Registerer: reg})
+		if err != nil {
+			return err
+		}
+		n.audit = a
+		n.onStop("audit log", func() {
+			if err := a.Close(); err != nil {
+				alog.Error("audit log: close", "err", err)
+			}
+		})
+		if r := a.Repaired(); r != "" {
+			n.health.Report("audit", r)
+		}
+		dlog := n.log.With("component", "dedupe")
+		d, err := durable.OpenDedupe(filepath.Join(dir, "dedupe.db"), durable.DedupeOptions{Log: dlog, Registerer: reg})
+		if err != nil {
+			return err
+		}
+		n.dedupe = d
+		n.onStop("dedupe store", func() {
+			if err := d.Close(); err != nil {
+				dlog.Error("dedupe store: close", "err", err)
+			}
+		})
+		if dm := d.Damage(); dm != nil {
+			n.health.Report("dedupe", dm.String())
+		}
+		return nil
+	}
+}
+
+// warnings lists what the node recovered from, for /ready and /api/status.
+func (n *nodeRun) warnings() []web.Warning {
+	ps := n.health.Problems()
+	out := make([]web.Warning, len(ps))
+	for i, p := range ps {
+		out[i] = web.Warning{Component: p.Component, Reason: p.Reason, Time: p.Time}
+	}
+	return out
 }
 
 // redis returns the options of the configured Redis, or starts the embedded
