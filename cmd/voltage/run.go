@@ -301,7 +301,9 @@ func (n *nodeRun) run(ctx context.Context) error {
 		}
 		am := acquisition.NewMetrics(reg)
 		seen := redisbus.NewIdempotency(api, cfg.Node.Name, keys)
-		var commandSink acquisition.CommandSink = writer
+		// Every accepted, refused and duplicate command and every result
+		// goes to Redis (audit:commands, results) and to the audit file.
+		commandSink := acquisition.CommandSinks{writer, acquisition.AuditCommands{Sink: n.audit, Node: cfg.Node.Name}}
 		dispatcher := node.NewPoolDispatcher(2*runtime.GOMAXPROCS(0), 300)
 		policy := supervisor.DefaultPolicy()
 		var chans []acquisition.Options
@@ -314,8 +316,8 @@ func (n *nodeRun) run(ctx context.Context) error {
 				Channel: ch, Node: cfg.Node.Name, Sink: sink, Log: log, Metrics: am,
 				Supervisor: strategy("point"), Dispatcher: dispatcher,
 				CommandSource: system.NewLocalPID("voltage/redis-subscriber"), Seen: seen, Commands: commandSink,
-				CommandKey: cmdKey,
-				Restarts:   stats.Under,
+				CommandKey: cmdKey, Dedupe: n.dedupe,
+				Restarts: stats.Under,
 				ReconnectDelay: func(k int) time.Duration {
 					return policy.Delay(k, rand.Float64())
 				},
@@ -414,7 +416,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 		}
 		opts.Log, opts.Metrics = hlog, web.NewHTTPMetrics(reg)
 		h := web.NewHandler(web.Deps{
-			Config: cfg, Redis: api, Keys: keys, CommandKey: cmdKey, Gatherer: reg, Version: version, Log: hlog, Context: ctx, Metrics: opts.Metrics,
+			Config: cfg, Redis: api, Keys: keys, CommandKey: cmdKey, Audit: n.audit, Gatherer: reg, Version: version, Log: hlog, Context: ctx, Metrics: opts.Metrics,
 			Sessions: sessions, History: store, Computations: computations, Alarms: alarmActions, Cluster: n.clusterView(api, system),
 			Warnings: n.warnings,
 			Status: func(ctx context.Context, id uint32) (*messages.ChannelStatus, error) {

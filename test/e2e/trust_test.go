@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -690,5 +691,105 @@ alarms:
 	}
 	if st := rdb.SMembers(ctx, "idx:alarm:active").Val(); len(st) != 1 || st[0] != "sp-high" {
 		t.Fatalf("idx:alarm:active after the restart: %v", st)
+	}
+}
+
+// auditEntries reads the node's audit file (data_dir/audit.log).
+func auditEntries(t *testing.T, dataDir string) []map[string]any {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dataDir, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var e map[string]any
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("audit line %q: %v", line, err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// TestExecutedOnceAcrossRedisLossAndAudited: Redis restarts without its
+// data (cmd:seen and cmd:result gone); the same id sent again is a
+// duplicate, not a second write (this node's dedupe store remembers it).
+// Every attempt, refused ones included, is in the audit file, whose chain
+// verifies.
+func TestExecutedOnceAcrossRedisLossAndAudited(t *testing.T) {
+	r := testenv.StartRedis(t)
+	mb := testenv.FreePort(t)
+	startSimFromPoints(t, controlPoints, mb)
+	cfg, base := siteNode(t, "once", r.URL(), mb, "key=${E2E_CMD_KEY}")
+	env := []string{"E2E_CMD_KEY=" + e2eCommandKey}
+	node := start(t, env, "run", "-c", cfg)
+	waitReady(t, base)
+	rdb := redisDB(t, r, 0)
+	ctx := context.Background()
+	testenv.Eventually(t, 10*time.Second, func() bool { return rdb.HGet(ctx, "comsrv:1001:m:q", "10001").Val() == "good" }, "polling")
+	dev := dialDevice(t, mb)
+
+	if code, body := post(t, base+"/control/1001/1", opToken, `{"type":"a","value":10,"id":"once-1","wait":"3s"}`); code != 200 || !strings.Contains(body, `"success"`) {
+		t.Fatalf("first command: %d %s", code, body)
+	}
+	if code, body := post(t, base+"/control/1001/1", opToken, `{"type":"a","value":20,"id":"once-2","wait":"3s"}`); code != 200 || !strings.Contains(body, `"success"`) {
+		t.Fatalf("second command: %d %s", code, body)
+	}
+	r.Stop()
+	r.Restart() // empty: no cmd:seen, no cmd:result
+	waitReady(t, base)
+	testenv.Eventually(t, 15*time.Second, func() bool {
+		n, _ := rdb.PubSubNumSub(ctx, "cmd:1001:control").Result()
+		return n["cmd:1001:control"] == 1
+	}, "control channel subscribed again")
+	code, body := post(t, base+"/control/1001/1", opToken, `{"type":"a","value":99,"id":"once-1","wait":"3s"}`)
+	if code != 200 || !strings.Contains(body, `"duplicate"`) {
+		t.Fatalf("the executed id again after Redis lost its data: %d %s, want duplicate", code, body)
+	}
+	if v := dev.setpoint(t); v != 20 {
+		t.Fatalf("the id was executed again: the device holds %v, want 20", v)
+	}
+	if code, body := getAuth(t, base+"/api/commands/once-1", viewerToken); code != 200 || !strings.Contains(body, `"duplicate"`) {
+		t.Fatalf("GET /api/commands/once-1: %d %s, want the duplicate answer, not pending", code, body)
+	}
+
+	// Refused attempts: no token, a viewer, a bad body, a guessed token, an
+	// unsigned command on the bus.
+	post(t, base+"/control/1001/1", "", `{"type":"a","value":1}`)
+	post(t, base+"/control/1001/1", viewerToken, `{"type":"a","value":1}`)
+	post(t, base+"/control/1001/1", opToken, `{"type":"a","value":1,"value":450}`)
+	post(t, base+"/control/1001/1", "guessed-token-0000000000", `{"type":"a","value":1}`)
+	bare, _ := json.Marshal(messages.ControlCommand{ID: "bus-1", ChannelID: 1001, PointType: messages.Adjustment, PointID: 1, Value: 3,
+		Timestamp: time.Now().UnixMilli(), Source: "api", User: "operator1"})
+	rdb.Publish(ctx, "cmd:1001:control", bare)
+	dataDir := filepath.Join(filepath.Dir(cfg), "data")
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		for _, e := range auditEntries(t, dataDir) {
+			if e["id"] == "bus-1" {
+				return true
+			}
+		}
+		return false
+	}, "the unsigned command in the audit file")
+	if !node.stop(10 * time.Second) {
+		t.Fatal("node did not stop")
+	}
+	var got []string
+	for _, e := range auditEntries(t, dataDir) {
+		got = append(got, fmt.Sprint(e["event"], " ", e["id"], " ", e["http_status"], " ", e["status"]))
+	}
+	all := strings.Join(got, "\n")
+	for _, want := range []string{
+		"accepted once-1 <nil> <nil>", "result once-1 <nil> success", "duplicate once-1 <nil> duplicate",
+		"refused <nil> 401 <nil>", "refused <nil> 403 <nil>", "refused <nil> 400 <nil>", "refused bus-1 <nil> rejected",
+	} {
+		if !strings.Contains(all, want) {
+			t.Errorf("audit file: no %q in\n%s", want, all)
+		}
+	}
+	out, exit := runCmd(t, env, "audit", "verify", "-c", cfg)
+	if exit != 0 || !strings.Contains(out, "ok: ") {
+		t.Fatalf("audit verify: exit %d\n%s", exit, out)
 	}
 }
