@@ -2,13 +2,18 @@
 // POST /control with wait, over loopback, to the result (written to the
 // simulated Modbus device and read back), while the same channel polls 1000
 // points every 100 ms. It builds and runs the real voltage binary with a
-// real redis-server.
+// real redis-server. It measures two nodes one after the other: the plain
+// one (HTTP, unsigned commands on the bus) and the secured one (HTTPS,
+// every command signed with auth.command_key and checked by the channel);
+// both keep the audit file (data_dir/audit.log, fsync'd) and the dedupe
+// store (data_dir/dedupe.db, fsync'd before each write).
 //
-//	go run ./bench/control [-commands 2000] [-points 1000] [-poll 100ms]
+//	go run ./bench/control [-commands 2000] [-points 1000] [-poll 100ms] [-mode both|plain|secure]
 package main
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -32,14 +37,21 @@ func main() {
 	commands := flag.Int("commands", 2000, "commands to send, one after the other")
 	points := flag.Int("points", 1000, "points polled on the same channel")
 	poll := flag.Duration("poll", 100*time.Millisecond, "poll interval")
+	mode := flag.String("mode", "both", "plain, secure (HTTPS + signed commands), or both")
 	flag.Parse()
-	if err := run(*commands, *points, *poll); err != nil {
-		fmt.Fprintln(os.Stderr, "control:", err)
-		os.Exit(1)
+	fmt.Printf("machine: %s\n", benchnode.Machine())
+	for _, secure := range []bool{false, true} {
+		if *mode != "both" && (*mode == "secure") != secure {
+			continue
+		}
+		if err := run(*commands, *points, *poll, secure); err != nil {
+			fmt.Fprintln(os.Stderr, "control:", err)
+			os.Exit(1)
+		}
 	}
 }
 
-func run(commands, points int, poll time.Duration) error {
+func run(commands, points int, poll time.Duration, secure bool) error {
 	r, dir, err := benchnode.StartRedis()
 	if err != nil {
 		return err
@@ -65,13 +77,28 @@ func run(commands, points int, poll time.Duration) error {
 		}
 	}
 	csv.WriteString("1,a,power_sp,kW,1,16,5000,float32,ABCD,,1,0,0,,-1000,1000\n")
-	yaml := fmt.Sprintf(`node: {name: bench, http: "127.0.0.1:%d"}
+	scheme, client, nodeExtra, authExtra := "http", &http.Client{Timeout: 10 * time.Second}, "", ""
+	if secure {
+		ca, err := testenv.NewCAIn(dir, "bench")
+		if err != nil {
+			return err
+		}
+		cert, key, err := ca.IssueFiles("node")
+		if err != nil {
+			return err
+		}
+		scheme = "https"
+		client.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool(), MinVersion: tls.VersionTLS12}}
+		nodeExtra = fmt.Sprintf(", tls: {cert: %q, key: %q}", cert, key)
+		authExtra = ", command_key: bench-command-key-0123456789abcdef0123"
+	}
+	yaml := fmt.Sprintf(`node: {name: bench, http: "127.0.0.1:%d"%s}
 redis: {url: %q}
-auth: {tokens: [{name: bench, token: %s, role: operator}]}
+auth: {tokens: [{name: bench, token: %s, role: operator}]%s}
 channels:
   - {id: 1, name: pcs, protocol: modbus_tcp, poll_interval: %s, points: p.csv,
      parameters: {host: 127.0.0.1, port: %d, timeout: 1s}}
-`, httpPort, r.URL(), token, poll, mbPort)
+`, httpPort, nodeExtra, r.URL(), token, authExtra, poll, mbPort)
 	if err := os.WriteFile(filepath.Join(dir, "p.csv"), []byte(csv.String()), 0o644); err != nil {
 		return err
 	}
@@ -86,8 +113,7 @@ channels:
 	}
 	defer func() { _ = node.Process.Signal(syscall.SIGTERM); _ = node.Wait() }()
 
-	base := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
-	client := &http.Client{Timeout: 10 * time.Second}
+	base := fmt.Sprintf("%s://127.0.0.1:%d", scheme, httpPort)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if resp, err := client.Get(base + "/ready"); err == nil {
@@ -103,7 +129,11 @@ channels:
 	}
 	time.Sleep(time.Second) // polling in full swing
 
-	fmt.Printf("machine: %s\n", benchnode.Machine())
+	if secure {
+		fmt.Println("secured node: HTTPS (TLS 1.3, keep-alive), commands signed with auth.command_key and verified by the channel; audit file and dedupe store fsync'd")
+	} else {
+		fmt.Println("plain node: HTTP, unsigned commands; audit file and dedupe store fsync'd")
+	}
 	fmt.Printf("load: channel polls %d points every %v (Modbus TCP to the simulator); commands sent one after another\n", points, poll)
 	lat := make([]time.Duration, 0, commands)
 	failed := 0

@@ -6,7 +6,8 @@
 //	voltage simulate -c FILE           serve the config's Modbus TCP devices
 //	voltage control -c FILE --point 1001:c:1 --value 1
 //	                                   send a control command over the HTTP API
-//	                                   (token from VOLTAGE_TOKEN), print the result
+//	                                   (token from VOLTAGE_TOKEN), or signed on
+//	                                   Redis (--via-redis), print the result
 //	voltage audit verify [-c FILE | --dir DATA_DIR]
 //	                                   check the chain of the audit file
 //	voltage version                    print the version
@@ -40,10 +41,15 @@ commands:
                              loopback Modbus TCP devices in-process (the demo)
   check -c FILE              validate a configuration and its point tables
   simulate -c FILE           serve the config's Modbus TCP devices (simulator)
-  control -c FILE --point CH:TYPE:PT --value V [--id KEY] [--wait 5s] [--timeout 5s] [--url URL]
+  control -c FILE --point CH:TYPE:PT --value V [--id KEY] [--wait 5s] [--timeout 5s]
+          [--url URL] [--ca FILE] [--cert FILE --key FILE] [--via-redis [--user NAME]]
                              send a control command through the node's HTTP API
-                             (token from $VOLTAGE_TOKEN), wait for the result and
-                             print it; exit 0 only when the status is success
+                             (token from $VOLTAGE_TOKEN; https with node.tls, --ca to
+                             trust, --cert/--key for mutual TLS), or with --via-redis
+                             publish it on the node's Redis, signed with the config's
+                             auth.command_key; wait for the result (an unknown outcome:
+                             also for its reconciliation) and print it; exit 0 only
+                             when the status is success
   audit verify [-c FILE | --dir DATA_DIR]
                              check the tamper-evident audit file (data_dir/audit.log
                              and its rotated files); exit 1 where the chain breaks

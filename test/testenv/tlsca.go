@@ -30,9 +30,18 @@ type CA struct {
 // NewCA makes a CA whose files live in a temporary directory of t.
 func NewCA(t testing.TB, name string) *CA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := NewCAIn(t.TempDir(), name)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return ca
+}
+
+// NewCAIn makes a CA whose files live in dir (for harnesses outside tests).
+func NewCAIn(dir, name string) (*CA, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
@@ -45,13 +54,12 @@ func NewCA(t testing.TB, name string) *CA {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	cert, _ := x509.ParseCertificate(der)
-	ca := &CA{Dir: t.TempDir(), cert: cert, key: key, serial: 1}
+	ca := &CA{Dir: dir, cert: cert, key: key, serial: 1}
 	ca.CertPEM = filepath.Join(ca.Dir, name+"-ca.crt")
-	writePEM(t, ca.CertPEM, "CERTIFICATE", der)
-	return ca
+	return ca, writePEM(ca.CertPEM, "CERTIFICATE", der)
 }
 
 // Pool is a cert pool holding the CA.
@@ -67,9 +75,18 @@ func (ca *CA) Pool() *x509.CertPool {
 // key PEM files.
 func (ca *CA) Issue(t testing.TB, name string) (certFile, keyFile string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	certFile, keyFile, err := ca.IssueFiles(name)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+// IssueFiles is Issue for harnesses outside tests.
+func (ca *CA) IssueFiles(name string) (certFile, keyFile string, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", "", err
 	}
 	ca.serial++
 	tmpl := &x509.Certificate{
@@ -84,17 +101,18 @@ func (ca *CA) Issue(t testing.TB, name string) (certFile, keyFile string) {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
-		t.Fatal(err)
+		return "", "", err
 	}
 	kder, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		t.Fatal(err)
+		return "", "", err
 	}
 	certFile = filepath.Join(ca.Dir, name+".crt")
 	keyFile = filepath.Join(ca.Dir, name+".key")
-	writePEM(t, certFile, "CERTIFICATE", der)
-	writePEM(t, keyFile, "PRIVATE KEY", kder)
-	return certFile, keyFile
+	if err := writePEM(certFile, "CERTIFICATE", der); err != nil {
+		return "", "", err
+	}
+	return certFile, keyFile, writePEM(keyFile, "PRIVATE KEY", kder)
 }
 
 // ClientTLS is a client configuration that trusts the CA and, when
@@ -112,9 +130,6 @@ func (ca *CA) ClientTLS(t testing.TB, certFile, keyFile string) *tls.Config {
 	return c
 }
 
-func writePEM(t testing.TB, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
+func writePEM(path, typ string, der []byte) error {
+	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600)
 }
