@@ -82,6 +82,7 @@ type Dedupe struct {
 	evicted   prometheus.Counter
 	expired   prometheus.Counter
 	lastWarn  atomic.Int64 // Unix ns of the last eviction warning
+	inflight  atomic.Int32 // claims between their read and their commit
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -249,7 +250,14 @@ func (d *Dedupe) Claim(id string, now time.Time) (first bool, err error) {
 	val := binary.BigEndian.AppendUint64(make([]byte, 0, 8), uint64(ms))
 	tk := timeKey(ms, key)
 	var evicted, delta int64
-	err = d.db.Batch(func(tx *bolt.Tx) error {
+	// A claim alone commits at once; claims that overlap share commits
+	// through Batch (whose delay would only slow a lone claim down).
+	commit := d.db.Batch
+	if d.inflight.Add(1) == 1 {
+		commit = d.db.Update
+	}
+	defer d.inflight.Add(-1)
+	err = commit(func(tx *bolt.Tx) error {
 		first, evicted, delta = false, 0, 0 // the function may run again
 		ids, byTime, meta := tx.Bucket(dedupeIDs), tx.Bucket(dedupeByTime), tx.Bucket(dedupeMeta)
 		count := int64(binary.BigEndian.Uint64(meta.Get(dedupeCount)))
