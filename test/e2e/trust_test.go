@@ -793,3 +793,69 @@ func TestExecutedOnceAcrossRedisLossAndAudited(t *testing.T) {
 		t.Fatalf("audit verify: exit %d\n%s", exit, out)
 	}
 }
+
+// TestClusterLeasesStayInTheirSite: a two-node cluster of site A
+// (redis.prefix site-a) and a single node of site B (site-b) share one
+// Redis database. Every key either writes carries its site's prefix:
+// leases, fencing counters, heartbeats, alarm states and point hashes; site
+// A's cluster view lists only its own nodes.
+func TestClusterLeasesStayInTheirSite(t *testing.T) {
+	r := testenv.StartRedis(t)
+	rdb := redisDB(t, r, 0)
+	ctx := context.Background()
+	files := map[string]string{"p.csv": clusterPoints}
+	var nodesYAML strings.Builder
+	mb := map[string]int{}
+	httpA := testenv.FreePort(t)
+	for i, n := range []string{"a1", "a2"} {
+		mb[n] = testenv.FreePort(t)
+		httpPort := testenv.FreePort(t)
+		if i == 0 {
+			httpPort = httpA
+		}
+		fmt.Fprintf(&nodesYAML, "  - {name: %s, substation: A, remote: 127.0.0.1:%d, membership: 127.0.0.1:%d, http: 127.0.0.1:%d}\n",
+			n, testenv.FreePort(t), testenv.FreePort(t), httpPort)
+	}
+	mb["b"] = testenv.FreePort(t)
+	node := func(name, prefix string, port int) string {
+		return fmt.Sprintf(`node: {name: %s, http: "127.0.0.1:%d"}
+redis: {url: %q, prefix: %s}
+auth:
+  tokens:
+    - {name: op1, token: %s, role: operator}
+channels:
+  - {id: 1001, name: PCS-1, protocol: modbus_tcp, poll_interval: 100ms, points: p.csv,
+     parameters: {host: 127.0.0.1, port: %d, timeout: 300ms}}
+alarms:
+  - {id: hv, point: "1001:m:10001", condition: ">", threshold: 250}
+`, name, testenv.FreePort(t), r.URL(), prefix, opToken, port)
+	}
+	files["a.yaml"] = node("a", "site-a", mb["a1"])
+	files["b.yaml"] = node("b", "site-b", mb["b"])
+	files["cluster.yaml"] = "name: site-a\nprovider: {kind: automanaged}\nnodes:\n" + nodesYAML.String() + "channels:\n  1001: {substation: A}\n"
+	dir := writeFiles(t, files)
+	startSim(t, filepath.Join(dir, "a.yaml"), mb["a1"], mb["a2"], mb["b"])
+	for _, n := range []string{"a1", "a2"} {
+		start(t, nil, "run", "-c", filepath.Join(dir, "a.yaml"), "--cluster", filepath.Join(dir, "cluster.yaml"), "--node", n)
+	}
+	start(t, nil, "run", "-c", filepath.Join(dir, "b.yaml"))
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		return rdb.Exists(ctx, "site-a:lease:channel:1001", "site-a:lease:alarms:group", "site-a:node:a1", "site-a:node:a2").Val() == 4 &&
+			rdb.HGet(ctx, "site-a:comsrv:1001:m:q", "10001").Val() == "good" &&
+			rdb.HGet(ctx, "site-b:comsrv:1001:m:q", "10001").Val() == "good" &&
+			rdb.Exists(ctx, "site-a:alarm:hv", "site-b:alarm:hv").Val() == 2
+	}, "both sites running, site A's units leased under its prefix")
+	keys, err := rdb.Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if !strings.HasPrefix(k, "site-a:") && !strings.HasPrefix(k, "site-b:") {
+			t.Errorf("key %q belongs to no site", k)
+		}
+	}
+	code, body := getAuth(t, "http://127.0.0.1:"+strconv.Itoa(httpA)+"/api/cluster", opToken)
+	if code != 200 || !strings.Contains(body, `"a2"`) || strings.Contains(body, `"b"`) {
+		t.Fatalf("site A's cluster view: %d %s", code, body)
+	}
+}
