@@ -2,7 +2,6 @@ package web
 
 import (
 	"bufio"
-	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -40,30 +39,6 @@ func serveWith(t *testing.T, h http.Handler, o ServerOptions) string {
 	return ln.Addr().String()
 }
 
-// dialFrom opens a TCP connection to addr from the loopback address ip.
-func dialFrom(t *testing.T, ip, addr string) net.Conn {
-	t.Helper()
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 2 * time.Second}
-	c, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	return c
-}
-
-// closedWithin reads c until the server closes it, and reports whether that
-// happened within d (reading whatever answer comes first).
-func closedWithin(c net.Conn, d time.Duration) (bool, string) {
-	_ = c.SetReadDeadline(time.Now().Add(d))
-	b, err := io.ReadAll(c)
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return false, string(b)
-	}
-	return true, string(b) // EOF or reset: closed
-}
-
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // TestServerCutsSlowRequests: headers or a body that do not arrive within
@@ -83,30 +58,30 @@ func TestServerCutsSlowRequests(t *testing.T) {
 	}
 	var conns []net.Conn
 	for range 50 {
-		c := dialFrom(t, "127.0.0.1", addr)
+		c := testenv.DialFrom(t, "127.0.0.1", addr)
 		if _, err := io.WriteString(c, halfBody("")); err != nil {
 			t.Fatal(err)
 		}
 		conns = append(conns, c)
 	}
-	withToken := dialFrom(t, "127.0.0.1", addr)
+	withToken := testenv.DialFrom(t, "127.0.0.1", addr)
 	if _, err := io.WriteString(withToken, halfBody(operatorToken)); err != nil {
 		t.Fatal(err)
 	}
-	slowHeaders := dialFrom(t, "127.0.0.1", addr)
+	slowHeaders := testenv.DialFrom(t, "127.0.0.1", addr)
 	if _, err := io.WriteString(slowHeaders, "GET /health HTTP/1.1\r\nHost: x\r\n"); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
 	for i, c := range conns {
-		if closed, got := closedWithin(c, 3*time.Second); !closed {
+		if closed, got := testenv.ClosedWithin(c, 3*time.Second); !closed {
 			t.Fatalf("socket %d with half a body still open after %v (read %q)", i, time.Since(start), got)
 		}
 	}
-	if closed, got := closedWithin(withToken, 3*time.Second); !closed || !strings.Contains(got, "400 Bad Request") {
+	if closed, got := testenv.ClosedWithin(withToken, 3*time.Second); !closed || !strings.Contains(got, "400 Bad Request") {
 		t.Fatalf("half a body with a token: closed %v, answer %q", closed, got)
 	}
-	if closed, got := closedWithin(slowHeaders, 3*time.Second); !closed || strings.Contains(got, "200 OK") {
+	if closed, got := testenv.ClosedWithin(slowHeaders, 3*time.Second); !closed || strings.Contains(got, "200 OK") {
 		t.Fatalf("slow headers: closed %v, answer %q", closed, got)
 	}
 	testenv.Eventually(t, 2*time.Second, func() bool { return testutil.ToFloat64(o.Metrics.connsOpen) == 0 },
@@ -120,7 +95,7 @@ func TestServerIdleTimeout(t *testing.T) {
 	o := shortLimits()
 	o.ReadTimeout, o.ReadHeaderTimeout = 5*time.Second, 5*time.Second // only idleness ends it
 	addr := serveWith(t, e.srv.Config.Handler, o)
-	c := dialFrom(t, "127.0.0.1", addr)
+	c := testenv.DialFrom(t, "127.0.0.1", addr)
 	br := bufio.NewReader(c)
 	for range 2 { // it stays usable while used
 		if _, err := io.WriteString(c, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
@@ -147,9 +122,9 @@ func TestServerIdleTimeout(t *testing.T) {
 func TestServerMaxHeaderBytes(t *testing.T) {
 	e := newEnv(t, testYAML)
 	addr := serveWith(t, e.srv.Config.Handler, shortLimits())
-	c := dialFrom(t, "127.0.0.1", addr)
+	c := testenv.DialFrom(t, "127.0.0.1", addr)
 	_, _ = io.WriteString(c, "GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: "+strings.Repeat("a", 16<<10)+"\r\n\r\n")
-	if closed, got := closedWithin(c, 3*time.Second); !closed || !strings.Contains(got, "431") {
+	if closed, got := testenv.ClosedWithin(c, 3*time.Second); !closed || !strings.Contains(got, "431") {
 		t.Fatalf("16 KiB of headers: closed %v, answer %.80q", closed, got)
 	}
 }
@@ -166,12 +141,12 @@ func TestServerConnsPerClient(t *testing.T) {
 	addr := serveWith(t, e.srv.Config.Handler, o)
 	var held []net.Conn
 	for range 3 {
-		held = append(held, dialFrom(t, "127.0.0.1", addr))
+		held = append(held, testenv.DialFrom(t, "127.0.0.1", addr))
 	}
 	testenv.Eventually(t, 2*time.Second, func() bool { return testutil.ToFloat64(o.Metrics.connsOpen) == 3 }, "3 connections accepted")
 	start := time.Now()
-	over := dialFrom(t, "127.0.0.1", addr)
-	if closed, _ := closedWithin(over, 2*time.Second); !closed || time.Since(start) > time.Second {
+	over := testenv.DialFrom(t, "127.0.0.1", addr)
+	if closed, _ := testenv.ClosedWithin(over, 2*time.Second); !closed || time.Since(start) > time.Second {
 		t.Fatalf("4th connection from 127.0.0.1 not closed at once (%v)", time.Since(start))
 	}
 	if r := doWith(t, clientFrom(t, "127.0.0.2"), http.MethodGet, "http://"+addr+"/health", "", ""); r.status != 200 {
@@ -214,9 +189,9 @@ func TestServerKeepsWebSockets(t *testing.T) {
 	// the idle timeout: every server deadline set before has passed too.
 	outlast := func() {
 		t.Helper()
-		p := dialFrom(t, "127.0.0.1", addr)
+		p := testenv.DialFrom(t, "127.0.0.1", addr)
 		_, _ = io.WriteString(p, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-		if closed, _ := closedWithin(p, 3*time.Second); !closed {
+		if closed, _ := testenv.ClosedWithin(p, 3*time.Second); !closed {
 			t.Fatal("a plain idle connection was not closed")
 		}
 	}

@@ -91,6 +91,30 @@ channels:
 	return writeFiles(t, files), mbPorts, httpPorts
 }
 
+// leaseOwner is the node holding the lease key ("node:token").
+func leaseOwner(rdb *redis.Client, key string) string {
+	v, _ := rdb.Get(context.Background(), key).Result()
+	n, _, _ := strings.Cut(v, ":")
+	return n
+}
+
+// firstRequest waits until the simulator logs a request from port (node
+// who's) after t0 and returns when it arrived.
+func firstRequest(t *testing.T, sim *simulator.Simulator, port int, who string, t0 time.Time, within time.Duration) time.Time {
+	t.Helper()
+	var at time.Time
+	testenv.Eventually(t, within, func() bool {
+		for _, q := range sim.RequestLog() {
+			if q.Port == port && q.At.After(t0) {
+				at = q.At
+				return true
+			}
+		}
+		return false
+	}, "%s polling the device", who)
+	return at
+}
+
 func clusterFailover(t *testing.T, provider string) {
 	r := testenv.StartRedis(t)
 	rdb := redis.NewClient(&redis.Options{Addr: r.Addr()})
@@ -118,26 +142,10 @@ func clusterFailover(t *testing.T, provider string) {
 			_ = p.cmd.Process.Signal(syscall.SIGCONT)
 		}
 	})
-	owner := func() string {
-		v, _ := rdb.Get(ctx, "lease:channel:1001").Result()
-		n, _, _ := strings.Cut(v, ":")
-		return n
-	}
-	// pollsFrom waits until node n sends requests after t0 and returns when
-	// the first one arrived.
+	owner := func() string { return leaseOwner(rdb, "lease:channel:1001") }
 	pollsFrom := func(n string, t0 time.Time, within time.Duration) time.Time {
 		t.Helper()
-		var at time.Time
-		testenv.Eventually(t, within, func() bool {
-			for _, q := range sim.RequestLog() {
-				if q.Port == mbPorts[n] && q.At.After(t0) {
-					at = q.At
-					return true
-				}
-			}
-			return false
-		}, "%s polling the device", n)
-		return at
+		return firstRequest(t, sim, mbPorts[n], n, t0, within)
 	}
 	testenv.Eventually(t, 20*time.Second, func() bool { return owner() == "n1" }, "n1 (first in order) owns channel 1001")
 	pollsFrom("n1", time.Now(), 5*time.Second)

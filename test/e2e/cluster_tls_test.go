@@ -175,24 +175,10 @@ channels:
 		procs[n] = start(t, nil, "run", "-c", filepath.Join(dir, n+".yaml"), "--cluster", clusterFile, "--node", n)
 	}
 	impostor := start(t, nil, "run", "-c", filepath.Join(impostorDir, "node.yaml"), "--cluster", filepath.Join(impostorDir, "cluster.yaml"), "--node", "n2")
-	owner := func() string {
-		v, _ := rdb.Get(ctx, "lease:channel:1001").Result()
-		n, _, _ := strings.Cut(v, ":")
-		return n
-	}
+	owner := func() string { return leaseOwner(rdb, "lease:channel:1001") }
 	pollsFrom := func(n string, t0 time.Time, within time.Duration) time.Time {
 		t.Helper()
-		var at time.Time
-		testenv.Eventually(t, within, func() bool {
-			for _, q := range sim.RequestLog() {
-				if q.Port == mbPorts[n] && q.At.After(t0) {
-					at = q.At
-					return true
-				}
-			}
-			return false
-		}, "%s polling the device", n)
-		return at
+		return firstRequest(t, sim, mbPorts[n], n, t0, within)
 	}
 	testenv.Eventually(t, 20*time.Second, func() bool { return owner() == "n1" }, "n1 owns channel 1001")
 	pollsFrom("n1", time.Now(), 5*time.Second)

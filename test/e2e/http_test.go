@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -129,30 +128,6 @@ func call(t *testing.T, c *http.Client, method, url, token, body string) answer 
 	return answer{resp.StatusCode, resp.Header, string(b)}
 }
 
-// rawFrom opens a TCP connection from loopback address ip.
-func rawFrom(t *testing.T, ip, addr string) net.Conn {
-	t.Helper()
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 2 * time.Second}
-	c, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	return c
-}
-
-// serverClosed reads c until the server closes it; false when d passes
-// first. It returns what was read.
-func serverClosed(c net.Conn, d time.Duration) (bool, string) {
-	_ = c.SetReadDeadline(time.Now().Add(d))
-	b, err := io.ReadAll(c)
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return false, string(b)
-	}
-	return true, string(b)
-}
-
 // metric reads one sample of the node's /metrics.
 func metric(t *testing.T, c *http.Client, base, name string) float64 {
 	t.Helper()
@@ -185,7 +160,7 @@ func TestHTTPSlowClientsAndIdleConnections(t *testing.T) {
 	half := "POST /control/1002/5 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"value\":"
 	conns := make([]net.Conn, slow)
 	for i := range conns {
-		conns[i] = rawFrom(t, "127.0.0.1", n.addr)
+		conns[i] = testenv.DialFrom(t, "127.0.0.1", n.addr)
 		if _, err := io.WriteString(conns[i], half); err != nil {
 			t.Fatal(err)
 		}
@@ -193,7 +168,7 @@ func TestHTTPSlowClientsAndIdleConnections(t *testing.T) {
 	testenv.Eventually(t, 5*time.Second, func() bool { return n.openFDs(t) >= before+slow/2 }, "the node holding the slow sockets")
 	start := time.Now()
 	for i, c := range conns {
-		if closed, got := serverClosed(c, 4*time.Second); !closed {
+		if closed, got := testenv.ClosedWithin(c, 4*time.Second); !closed {
 			t.Fatalf("slow socket %d still open %v after sending half a body (read %q)", i, time.Since(start).Round(time.Millisecond), got)
 		}
 	}
@@ -201,7 +176,7 @@ func TestHTTPSlowClientsAndIdleConnections(t *testing.T) {
 	testenv.Eventually(t, 5*time.Second, func() bool { return n.openFDs(t) <= before+2 }, "the node's descriptors back to %d", before)
 
 	// An idle keep-alive connection.
-	c := rawFrom(t, "127.0.0.1", n.addr)
+	c := testenv.DialFrom(t, "127.0.0.1", n.addr)
 	br := bufio.NewReader(c)
 	if _, err := io.WriteString(c, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
 		t.Fatal(err)
@@ -249,15 +224,15 @@ func TestHTTPConnsPerClient(t *testing.T) {
 	}, "no other connection open")
 	held := make([]net.Conn, 5)
 	for i := range held {
-		held[i] = rawFrom(t, "127.0.0.1", n.addr)
+		held[i] = testenv.DialFrom(t, "127.0.0.1", n.addr)
 	}
 	testenv.Eventually(t, 5*time.Second, func() bool {
 		return metric(t, other, n.base, "voltage_http_connections_open") == 6
 	}, "5 connections from 127.0.0.1 accepted")
 	start := time.Now()
-	over := rawFrom(t, "127.0.0.1", n.addr)
+	over := testenv.DialFrom(t, "127.0.0.1", n.addr)
 	_, _ = io.WriteString(over, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-	if closed, got := serverClosed(over, 3*time.Second); !closed || strings.Contains(got, "200 OK") || time.Since(start) > time.Second {
+	if closed, got := testenv.ClosedWithin(over, 3*time.Second); !closed || strings.Contains(got, "200 OK") || time.Since(start) > time.Second {
 		t.Fatalf("6th connection from 127.0.0.1: closed %v after %v, read %q", closed, time.Since(start), got)
 	}
 	if a := call(t, other, http.MethodGet, n.base+"/health", "", ""); a.status != 200 {

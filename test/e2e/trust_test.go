@@ -42,15 +42,25 @@ auth:
     - {name: watcher, token: %s, role: viewer}
 %s
 channels:
-  - {id: 1001, name: PCS-1, protocol: modbus_tcp, poll_interval: 100ms, points: p.csv,
+  - {id: 1001, name: PCS-1, protocol: modbus_tcp, poll_interval: %s, points: p.csv,
      parameters: {host: 127.0.0.1, port: %d, timeout: 300ms}}
-`, name, httpPort, redisURL, redisExtra(extra), opToken, viewerToken, nodeExtra(extra), mbPort),
+`, name, httpPort, redisURL, redisExtra(extra), opToken, viewerToken, nodeExtra(extra), pollExtra(extra), mbPort),
 		"p.csv": controlPoints,
 	})
 	return filepath.Join(dir, "node.yaml"), "http://127.0.0.1:" + strconv.Itoa(httpPort)
 }
 
-// extra is "prefix=X;key=Y": a redis.prefix and an auth.command_key.
+// extra is "prefix=X;key=Y;poll=Z": a redis.prefix, an auth.command_key
+// and a poll interval (default 100ms).
+func pollExtra(extra string) string {
+	for _, kv := range strings.Split(extra, ";") {
+		if v, ok := strings.CutPrefix(kv, "poll="); ok {
+			return v
+		}
+	}
+	return "100ms"
+}
+
 func redisExtra(extra string) string {
 	for _, kv := range strings.Split(extra, ";") {
 		if v, ok := strings.CutPrefix(kv, "prefix="); ok {
@@ -453,21 +463,7 @@ func TestUnknownOutcomeReconciled(t *testing.T) {
 	}
 	sim := startDevice()
 	// A long poll interval leaves a quiet window for the write.
-	httpPort := testenv.FreePort(t)
-	dir := writeFiles(t, map[string]string{
-		"node.yaml": fmt.Sprintf(`node: {name: unk, http: "127.0.0.1:%d"}
-redis: {url: %q}
-auth:
-  tokens:
-    - {name: op1, token: %s, role: operator}
-    - {name: watcher, token: %s, role: viewer}
-channels:
-  - {id: 1001, name: PCS-1, protocol: modbus_tcp, poll_interval: 2s, points: p.csv,
-     parameters: {host: 127.0.0.1, port: %d, timeout: 300ms}}
-`, httpPort, r.URL(), opToken, viewerToken, mb),
-		"p.csv": controlPoints,
-	})
-	cfg, base := filepath.Join(dir, "node.yaml"), "http://127.0.0.1:"+strconv.Itoa(httpPort)
+	cfg, base := siteNode(t, "unk", r.URL(), mb, "poll=2s")
 	start(t, nil, "run", "-c", cfg)
 	waitReady(t, base)
 	rdb := redisDB(t, r, 0)
