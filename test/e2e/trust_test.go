@@ -28,9 +28,10 @@ import (
 // not mean what they say.
 
 // siteNode writes the config of a node with channel 1001 (the control
-// points of controlPoints) polling 127.0.0.1:mbPort every 100 ms, and
-// returns its path and HTTP base URL. extra goes into the YAML as is.
-func siteNode(t *testing.T, name, redisURL string, mbPort int, extra string) (cfg, base string) {
+// points of controlPoints) polling 127.0.0.1:mbPort, and returns its path
+// and HTTP base URL. extra sets options (see pollExtra); tail (alarms,
+// computations) goes at the end of the YAML as is.
+func siteNode(t *testing.T, name, redisURL string, mbPort int, extra string, tail ...string) (cfg, base string) {
 	t.Helper()
 	httpPort := testenv.FreePort(t)
 	dir := writeFiles(t, map[string]string{
@@ -44,7 +45,7 @@ auth:
 channels:
   - {id: 1001, name: PCS-1, protocol: modbus_tcp, poll_interval: %s, points: p.csv,
      parameters: {host: 127.0.0.1, port: %d, timeout: 300ms}}
-`, name, httpPort, redisURL, redisExtra(extra), opToken, viewerToken, nodeExtra(extra), pollExtra(extra), mbPort),
+`+strings.Join(tail, ""), name, httpPort, redisURL, redisExtra(extra), opToken, viewerToken, nodeExtra(extra), pollExtra(extra), mbPort),
 		"p.csv": controlPoints,
 	})
 	return filepath.Join(dir, "node.yaml"), "http://127.0.0.1:" + strconv.Itoa(httpPort)
@@ -619,24 +620,11 @@ func TestAlarmStatesBackWithThePoints(t *testing.T) {
 	r := testenv.StartRedis(t)
 	mb := testenv.FreePort(t)
 	startSimFromPoints(t, controlPoints, mb)
-	httpPort := testenv.FreePort(t)
-	dir := writeFiles(t, map[string]string{
-		"node.yaml": fmt.Sprintf(`node: {name: alr, http: "127.0.0.1:%d"}
-redis: {url: %q}
-auth:
-  tokens:
-    - {name: op1, token: %s, role: operator}
-channels:
-  - {id: 1001, name: PCS-1, protocol: modbus_tcp, poll_interval: 100ms, points: p.csv,
-     parameters: {host: 127.0.0.1, port: %d, timeout: 300ms}}
-alarms:
+	cfg, base := siteNode(t, "alr", r.URL(), mb, "", `alarms:
   - {id: sp-high, point: "1001:a:1", condition: ">", threshold: 400, level: minor}
   - {id: v-low, point: "1001:m:10001", condition: "<", threshold: 0, level: minor}
-`, httpPort, r.URL(), opToken, mb),
-		"p.csv": controlPoints,
-	})
-	base := "http://127.0.0.1:" + strconv.Itoa(httpPort)
-	start(t, nil, "run", "-c", filepath.Join(dir, "node.yaml"))
+`)
+	start(t, nil, "run", "-c", cfg)
 	waitReady(t, base)
 	if code, body := post(t, base+"/control/1001/1", opToken, `{"type":"a","value":450,"wait":"3s"}`); code != 200 || !strings.Contains(body, `"success"`) {
 		t.Fatalf("setpoint: %d %s", code, body)
@@ -814,17 +802,14 @@ func TestClusterLeasesStayInTheirSite(t *testing.T) {
 	}
 	mb["b"] = testenv.FreePort(t)
 	node := func(name, prefix string, port int) string {
-		return fmt.Sprintf(`node: {name: %s, http: "127.0.0.1:%d"}
-redis: {url: %q, prefix: %s}
-auth:
-  tokens:
-    - {name: op1, token: %s, role: operator}
-channels:
-  - {id: 1001, name: PCS-1, protocol: modbus_tcp, poll_interval: 100ms, points: p.csv,
-     parameters: {host: 127.0.0.1, port: %d, timeout: 300ms}}
-alarms:
+		cfg, _ := siteNode(t, name, r.URL(), port, "prefix="+prefix, `alarms:
   - {id: hv, point: "1001:m:10001", condition: ">", threshold: 250}
-`, name, testenv.FreePort(t), r.URL(), prefix, opToken, port)
+`)
+		b, err := os.ReadFile(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
 	}
 	files["a.yaml"] = node("a", "site-a", mb["a1"])
 	files["b.yaml"] = node("b", "site-b", mb["b"])
