@@ -22,6 +22,7 @@ type Subscriber struct {
 	ps      *redis.PubSub
 	node    string
 	keys    messages.Keys
+	updates string // keys.Updates(), built once: compared per message
 	deliver func([]messages.PointUpdate)
 	control func(*messages.ControlCommand)
 	log     *slog.Logger
@@ -48,7 +49,7 @@ func NewSubscriber(ro *redis.Options, node string, keys messages.Keys, deliver f
 	}
 	c := *ro
 	client := redis.NewClient(&c)
-	return &Subscriber{client: client, ps: client.Subscribe(context.Background()), node: node, keys: keys, deliver: deliver,
+	return &Subscriber{client: client, ps: client.Subscribe(context.Background()), node: node, keys: keys, updates: keys.Updates(), deliver: deliver,
 		log: log, m: m, done: make(chan struct{}), ready: make(chan struct{})}
 }
 
@@ -97,7 +98,7 @@ func (s *Subscriber) loop(ctx context.Context) {
 	// Subscribe with a confirmation so Ready means "receiving"; retry while
 	// Redis is not there yet.
 	for {
-		err := ps.Subscribe(ctx, s.keys.Updates())
+		err := ps.Subscribe(ctx, s.updates)
 		if err == nil {
 			if _, err = ps.Receive(ctx); err == nil {
 				break
@@ -145,7 +146,7 @@ func (s *Subscriber) add(batch []messages.PointUpdate, msg *redis.Message) []mes
 	if msg == nil {
 		return batch
 	}
-	if msg.Channel != s.keys.Updates() {
+	if msg.Channel != s.updates {
 		s.command(msg)
 		return batch
 	}

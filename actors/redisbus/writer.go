@@ -370,7 +370,7 @@ func (w *Writer) writeChunk(ctx context.Context, pubs, hashOnly []messages.Point
 	}
 	e.flushHashes(ctx, pipe) // HSET before PUBLISH: a subscriber reading the hash sees the new value
 	for i := range pubs {
-		pipe.Publish(ctx, e.names.Updates(), e.json(&pubs[i]))
+		pipe.Publish(ctx, e.updates, e.json(&pubs[i]))
 	}
 	cmds, err := pipe.Exec(ctx)
 	if err == nil {
@@ -401,11 +401,12 @@ func sortByTime(us []messages.PointUpdate) {
 // encoder builds pipeline arguments in one reusable byte arena; strings handed
 // to go-redis point into it and stay valid until the next reset (after Exec).
 type encoder struct {
-	names  messages.Keys
-	arena  []byte
-	groups map[hashID]*hashGroup
-	order  []*hashGroup
-	keys   map[hashID][3]string
+	names   messages.Keys
+	updates string // names.Updates(), built once: PUBLISH runs per update
+	arena   []byte
+	groups  map[hashID]*hashGroup
+	order   []*hashGroup
+	keys    map[hashID][3]string
 }
 
 type hashID struct {
@@ -419,7 +420,7 @@ type hashGroup struct {
 }
 
 func newEncoder(names messages.Keys) encoder {
-	return encoder{names: names, groups: map[hashID]*hashGroup{}, keys: map[hashID][3]string{}}
+	return encoder{names: names, updates: names.Updates(), groups: map[hashID]*hashGroup{}, keys: map[hashID][3]string{}}
 }
 
 func (e *encoder) reset() {
