@@ -50,13 +50,18 @@ type ControlCommand struct {
 	Source    string    `json:"source"`
 	User      string    `json:"user"`
 	// TimeoutMS is how old the command may be when the channel executes
-	// it: 1 to 60000, absent (or 0) for the default 5000. An extension of
+	// it: 1 to 60000, absent for the default 5000 (an explicit 0 is
+	// refused: a limit of nothing is not the default). An extension of
 	// the contract's payload.
 	TimeoutMS int64 `json:"timeout_ms,omitempty"`
 
 	// Signed is set when the command arrived in a signed envelope (see
 	// CommandKey); nil for a bare, unsigned command.
 	Signed *Signature `json:"-"`
+
+	// zeroTimeout: the payload said "timeout_ms": 0, which Validate refuses
+	// (a time limit of nothing is not the default 5 s).
+	zeroTimeout bool
 }
 
 // Signature is what a signed envelope carried besides the command: the
@@ -96,6 +101,9 @@ func (c *ControlCommand) Validate() error {
 	}
 	if math.IsNaN(c.Value) || math.IsInf(c.Value, 0) {
 		return fmt.Errorf("value must be a finite number")
+	}
+	if c.zeroTimeout {
+		return fmt.Errorf("timeout_ms 0: give 1..%d, or leave it out for the default %d", MaxCmdTimeout.Milliseconds(), DefaultCmdTimeout.Milliseconds())
 	}
 	if c.TimeoutMS < 0 || time.Duration(c.TimeoutMS)*time.Millisecond > MaxCmdTimeout {
 		return fmt.Errorf("timeout_ms %d outside 1..%d (absent: the default %d)", c.TimeoutMS, MaxCmdTimeout.Milliseconds(), DefaultCmdTimeout.Milliseconds())

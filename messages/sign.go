@@ -142,6 +142,7 @@ func DecodeCommand(data []byte) (*ControlCommand, error) {
 		if err := json.Unmarshal(data, &c); err != nil {
 			return nil, fmt.Errorf("control command: %w", err)
 		}
+		c.zeroTimeout = isZero(probe["timeout_ms"])
 		return &c, nil
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
@@ -157,6 +158,15 @@ func DecodeCommand(data []byte) (*ControlCommand, error) {
 	if err := json.Unmarshal(e.Cmd, &c); err != nil {
 		return nil, fmt.Errorf("signed control command: cmd: %w", err)
 	}
+	var fields map[string]json.RawMessage
+	_ = json.Unmarshal(e.Cmd, &fields) // an object: decoded above
+	c.zeroTimeout = isZero(fields["timeout_ms"])
 	c.Signed = &Signature{Payload: append([]byte(nil), e.Cmd...), Sig: *e.Sig}
 	return &c, nil
+}
+
+// isZero reports whether a JSON number is zero ("0", "0.0", "-0", "0e3").
+func isZero(raw json.RawMessage) bool {
+	var f float64
+	return len(raw) > 0 && json.Unmarshal(raw, &f) == nil && f == 0
 }

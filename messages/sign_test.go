@@ -105,6 +105,10 @@ func TestCommandTimeout(t *testing.T) {
 	if c.Timeout() != time.Millisecond || c.Validate() != nil {
 		t.Fatalf("1 ms: %v %v", c.Timeout(), c.Validate())
 	}
+	z, err := DecodeCommand([]byte(`{"id":"x","channel_id":1,"point_type":"c","point_id":1,"value":1,"timestamp":1000,"timeout_ms":0}`))
+	if err != nil || z.Validate() == nil || !strings.Contains(z.Validate().Error(), "timeout_ms 0") {
+		t.Errorf("an explicit timeout_ms 0: %v %v", err, z.Validate())
+	}
 	for _, ms := range []int64{-1, 60001} {
 		c.TimeoutMS = ms
 		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "timeout_ms") {
