@@ -242,6 +242,11 @@ func TestCommandTimeoutsMeanWhatTheySay(t *testing.T) {
 			t.Fatalf("%s: %+v, want timeout", c.ID, res)
 		}
 	}
+	// An explicit timeout_ms 0 is no time at all, not the default.
+	rdb.Publish(ctx, "cmd:1001:control", fmt.Sprintf(`{"id":"zero-tmo","channel_id":1001,"point_type":"a","point_id":1,"value":44,"timestamp":%d,"timeout_ms":0}`, time.Now().UnixMilli()))
+	if res := nextResult(t, sub, "zero-tmo"); res.Status != messages.StatusRejected || !strings.Contains(res.Error, "timeout_ms 0") {
+		t.Fatalf("timeout_ms 0: %+v, want rejected", res)
+	}
 	if v := dev.setpoint(t); v != before {
 		t.Fatalf("an expired command was written: %v -> %v", before, v)
 	}
