@@ -55,14 +55,16 @@ type Store struct {
 	c   redis.UniversalClient
 	opt StoreOptions
 
-	mu      sync.Mutex
-	events  []queued
-	states  map[string]*State // latest state of each rule not yet written
-	all     map[string]*State // latest state of every rule (for a rewrite)
-	full    bool              // rewrite every state at the next flush
-	checked bool              // the marker was read once
-	dropped int
-	token   string // this store's run marker
+	mu       sync.Mutex
+	events   []queued
+	states   map[string]*State // latest state of each rule not yet written
+	all      map[string]*State // latest state of every rule (for a rewrite)
+	full     bool              // rewrite every state at the next flush
+	checked  bool              // the marker was read once
+	seeded   bool              // Seed was called
+	seedTODO map[string]bool   // seeded states not written yet
+	dropped  int
+	token    string // this store's run marker
 
 	signal chan struct{}
 	stop   chan struct{}
@@ -106,15 +108,26 @@ func NewStore(c redis.UniversalClient, opt StoreOptions) *Store {
 // store can write them all again into such a Redis.
 func (s *Store) Seed(states map[string]State) {
 	s.mu.Lock()
+	s.seeded = true
+	s.seedTODO = make(map[string]bool, len(states))
 	for id, st := range states { // fresh from Redis: newer than what this store saw (in a cluster, another node ran them)
 		cp := st
 		s.all[id] = &cp
+		s.seedTODO[id] = true
 		if _, newer := s.states[id]; !newer {
 			s.states[id] = &cp
 		}
 	}
 	s.mu.Unlock()
 	s.wake()
+}
+
+// Seeded reports whether the states given to Seed are all in Redis: until
+// then the API cannot read every rule's state (the node is not ready).
+func (s *Store) Seeded() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seeded && len(s.seedTODO) == 0
 }
 
 // Resync makes the next flush, at once, check whether Redis still holds the
@@ -321,6 +334,9 @@ func (s *Store) flush(ctx context.Context) (more bool, err error) {
 		}
 	}
 	s.checked = true
+	for id := range states {
+		delete(s.seedTODO, id)
+	}
 	if m := s.opt.Metrics; m != nil {
 		now := time.Now().UnixMilli()
 		for i := range events {

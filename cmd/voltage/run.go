@@ -173,6 +173,7 @@ func (n *nodeRun) run(ctx context.Context) error {
 		placer       *placement.Placer
 		member       *cluster.Cluster
 		store        history.Store
+		alarmStore   *alarm.Store
 	)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -236,7 +237,6 @@ func (n *nodeRun) run(ctx context.Context) error {
 				supervisor.Observers(stats, sm.Kind(kind), supervisor.Log(log)))
 		}
 		bm := redisbus.NewMetrics(reg, func() float64 { return float64(writer.QueueDepth()) })
-		var alarmStore *alarm.Store
 		writer = redisbus.NewWriter(ro, redisbus.WriterOptions{Node: cfg.Node.Name, Keys: keys,
 			// Alarm states come back into a Redis that lost them at the
 			// moment the point hashes do.
@@ -433,6 +433,9 @@ func (n *nodeRun) run(ctx context.Context) error {
 			Ready: func(ctx context.Context) error {
 				if err := api.Ping(ctx).Err(); err != nil {
 					return fmt.Errorf("redis unreachable: %w", err)
+				}
+				if n.cluster == nil && len(cfg.Alarms) > 0 && !alarmStore.Seeded() {
+					return errors.New("alarms: the rules' states are not loaded and written to redis yet")
 				}
 				if placer != nil {
 					if st := placer.Status(); st.Cycle.IsZero() {
