@@ -502,7 +502,7 @@ func (c *channelActor) pollDone(ctx actor.Context, m *pollDone) {
 	}
 	c.failures = 0
 	c.status.BadPoints = c.dispatch(ctx, m.samples, m.started.UnixMilli())
-	c.answered(ctx, m.samples)
+	c.answered(m.samples)
 	c.pump() // reconciliations and waiting commands go before the next poll
 	next := c.spec.ch.PollInterval - time.Since(m.started)
 	if next <= 0 {
@@ -637,7 +637,7 @@ func (c *channelActor) reconcile(r drivers.PointReader, u unknownOutcome) {
 // answered marks the commands of unknown outcome whose point the device
 // just answered for as ready to reconcile; without a PointReader the
 // sample itself decides.
-func (c *channelActor) answered(ctx actor.Context, samples []drivers.Sample) {
+func (c *channelActor) answered(samples []drivers.Sample) {
 	if len(c.unknown) == 0 {
 		return
 	}
