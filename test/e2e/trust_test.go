@@ -107,6 +107,19 @@ func (d *device) setpoint(t *testing.T) float32 {
 	return math.Float32frombits(binary.BigEndian.Uint32(regs))
 }
 
+// runPolling starts the node of cfg (on Redis r, database 0) and waits
+// until it is ready and channel 1001 polls good values into Redis.
+func runPolling(t *testing.T, r *testenv.Redis, cfg, base string, env []string) (*proc, *redis.Client) {
+	t.Helper()
+	p := start(t, env, "run", "-c", cfg)
+	waitReady(t, base)
+	rdb := redisDB(t, r, 0)
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return rdb.HGet(context.Background(), "comsrv:1001:m:q", "10001").Val() == "good"
+	}, "polling")
+	return p, rdb
+}
+
 func waitReady(t *testing.T, base string) {
 	t.Helper()
 	testenv.Eventually(t, 20*time.Second, func() bool { code, _ := get(t, base+"/ready"); return code == 200 }, "%s ready", base)
@@ -208,11 +221,8 @@ func TestCommandTimeoutsMeanWhatTheySay(t *testing.T) {
 	mb := testenv.FreePort(t)
 	startSimFromPoints(t, controlPoints, mb)
 	cfg, base := siteNode(t, "tmo", r.URL(), mb, "")
-	start(t, nil, "run", "-c", cfg)
-	waitReady(t, base)
-	rdb := redisDB(t, r, 0)
+	_, rdb := runPolling(t, r, cfg, base, nil)
 	ctx := context.Background()
-	testenv.Eventually(t, 10*time.Second, func() bool { return rdb.HGet(ctx, "comsrv:1001:m:q", "10001").Val() == "good" }, "polling")
 	dev := dialDevice(t, mb)
 	before := dev.setpoint(t)
 
@@ -296,11 +306,8 @@ func TestSignedCommandsOnTheBus(t *testing.T) {
 	startSimFromPoints(t, controlPoints, mb)
 	cfg, base := siteNode(t, "signed", r.URL(), mb, "key=${E2E_CMD_KEY}")
 	env := []string{"E2E_CMD_KEY=" + e2eCommandKey}
-	start(t, env, "run", "-c", cfg)
-	waitReady(t, base)
-	rdb := redisDB(t, r, 0)
+	_, rdb := runPolling(t, r, cfg, base, env)
 	ctx := context.Background()
-	testenv.Eventually(t, 10*time.Second, func() bool { return rdb.HGet(ctx, "comsrv:1001:m:q", "10001").Val() == "good" }, "polling")
 	dev := dialDevice(t, mb)
 	sub := rdb.Subscribe(ctx, "cmd:1001:result")
 	defer sub.Close()
@@ -470,11 +477,8 @@ func TestUnknownOutcomeReconciled(t *testing.T) {
 	sim := startDevice()
 	// A long poll interval leaves a quiet window for the write.
 	cfg, base := siteNode(t, "unk", r.URL(), mb, "poll=2s")
-	start(t, nil, "run", "-c", cfg)
-	waitReady(t, base)
-	rdb := redisDB(t, r, 0)
+	_, rdb := runPolling(t, r, cfg, base, nil)
 	ctx := context.Background()
-	testenv.Eventually(t, 10*time.Second, func() bool { return rdb.HGet(ctx, "comsrv:1001:m:q", "10001").Val() == "good" }, "polling")
 
 	// freezeBetweenPolls stops the device right after a poll ended.
 	freezeBetweenPolls := func(p *proc) {
@@ -712,11 +716,8 @@ func TestExecutedOnceAcrossRedisLossAndAudited(t *testing.T) {
 	startSimFromPoints(t, controlPoints, mb)
 	cfg, base := siteNode(t, "once", r.URL(), mb, "key=${E2E_CMD_KEY}")
 	env := []string{"E2E_CMD_KEY=" + e2eCommandKey}
-	node := start(t, env, "run", "-c", cfg)
-	waitReady(t, base)
-	rdb := redisDB(t, r, 0)
+	node, rdb := runPolling(t, r, cfg, base, env)
 	ctx := context.Background()
-	testenv.Eventually(t, 10*time.Second, func() bool { return rdb.HGet(ctx, "comsrv:1001:m:q", "10001").Val() == "good" }, "polling")
 	dev := dialDevice(t, mb)
 
 	if code, body := post(t, base+"/control/1001/1", opToken, `{"type":"a","value":10,"id":"once-1","wait":"3s"}`); code != 200 || !strings.Contains(body, `"success"`) {
